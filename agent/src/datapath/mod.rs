@@ -1,0 +1,95 @@
+//! The datapath: loads Axon's BPF objects, pins their maps and links under the
+//! agent's bpffs root, attaches the socket-LB programs to the agent's cgroup,
+//! and gives the reconcilers typed access to the load-balancing maps.
+//!
+//! Everything above this module speaks in model types (`L4Addr`, ids); only
+//! this module knows the `#[repr(C)]` layouts of `axon_bpf::maps`.
+
+use axon_api::L4Addr;
+use std::net::IpAddr;
+
+/// Address family of a map pair (`axon_lb4_*` / `axon_lb6_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Self {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
+
+/// Value of a service-map slot (`struct lb_service`), in host order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlotValue {
+    /// Slot > 0: the backend this slot selects. Master slot: 0.
+    pub backend_id: u32,
+    /// The service id; key of the reverse-NAT map.
+    pub rev_nat_index: u32,
+    /// Master slot: number of backend slots.
+    pub count: u16,
+    /// `AXON_SVC_*`.
+    pub svc_type: u8,
+    pub flags: u8,
+}
+
+/// Value of a backend-map entry (`struct lb{4,6}_backend`), in host order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendValue {
+    pub addr: L4Addr,
+    /// `AXON_BE_*`.
+    pub state: u8,
+}
+
+/// Everything the LB maps hold, read back (agent start: recover ids, find orphans).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbSnapshot {
+    /// (frontend, slot, value) of every service-map entry, both families.
+    pub slots: Vec<(L4Addr, u16, SlotValue)>,
+    /// (backend id, backend) of both backend maps.
+    pub backends: Vec<(u32, BackendValue)>,
+    /// (rev-NAT index, address, port) of both reverse-NAT maps.
+    pub rev_nat: Vec<(u32, IpAddr, u16)>,
+}
+
+/// max_entries of the LB maps (same for both families).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbCapacity {
+    pub service_entries: u32,
+    pub backend_entries: u32,
+    pub rev_nat_entries: u32,
+}
+
+/// Why a datapath operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The map has no room: the caller's change must be refused, not dropped.
+    #[error("BPF map {map} is full ({max_entries} entries)")]
+    MapFull { map: &'static str, max_entries: u32 },
+    #[error("BPF map {map}: {op} failed: {source}")]
+    Map { map: &'static str, op: &'static str, source: std::io::Error },
+    #[error("{context}: {message}")]
+    Load { context: String, message: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// Writes and reads of the load-balancing maps. Deletes of absent entries
+/// succeed (reconciling is idempotent). The real implementation is backed by
+/// the pinned maps; the reconciler's unit tests use an in-memory one.
+pub trait LbMaps: Send {
+    fn put_backend(&mut self, id: u32, backend: &BackendValue) -> Result<(), DatapathError>;
+    fn delete_backend(&mut self, id: u32, family: Family) -> Result<(), DatapathError>;
+    fn put_slot(&mut self, frontend: &L4Addr, slot: u16, value: &SlotValue) -> Result<(), DatapathError>;
+    fn delete_slot(&mut self, frontend: &L4Addr, slot: u16) -> Result<(), DatapathError>;
+    fn put_rev_nat(&mut self, id: u32, frontend: &L4Addr) -> Result<(), DatapathError>;
+    fn delete_rev_nat(&mut self, id: u32, family: Family) -> Result<(), DatapathError>;
+    fn snapshot(&self) -> Result<LbSnapshot, DatapathError>;
+    fn capacity(&self) -> LbCapacity;
+}

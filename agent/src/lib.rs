@@ -1,0 +1,3 @@
+//! axon-agent: sources → desired state → reconcilers → pinned BPF maps.
+
+pub mod datapath;

@@ -1,0 +1,336 @@
+//! Turning untrusted JSON into the typed model. Every rejection is a
+//! [`FieldError`] naming the field (`services[2].backends[0].port`), so the
+//! API and the CLI can tell the user exactly what to fix.
+
+use crate::model::{Backend, BackendState, L4Addr, Protocol, ServiceSpec, ServiceType};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::net::IpAddr;
+
+/// A value that is wrong, and which field holds it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+
+    /// The same error, one level deeper in a document (`services[3]` + `.frontend`).
+    pub fn within(self, prefix: &str) -> Self {
+        let field = if self.field.is_empty() {
+            prefix.to_string()
+        } else if self.field.starts_with('[') {
+            format!("{prefix}{}", self.field)
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        Self { field, message: self.message }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn as_object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, FieldError> {
+    v.as_object().ok_or_else(|| FieldError::new(field, format!("expected an object, got {}", json_type(v))))
+}
+
+fn reject_unknown(obj: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), FieldError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(FieldError::new(
+            join(prefix, k),
+            format!("unknown field (expected one of: {})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn join(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() {
+        field.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+fn required<'a>(obj: &'a Map<String, Value>, key: &str, prefix: &str) -> Result<&'a Value, FieldError> {
+    obj.get(key).filter(|v| !v.is_null()).ok_or_else(|| FieldError::new(join(prefix, key), "is required"))
+}
+
+/// An IP address from a JSON string.
+pub fn parse_ip(v: &Value, field: &str) -> Result<IpAddr, FieldError> {
+    let s = v.as_str().ok_or_else(|| FieldError::new(field, format!("expected an IP address string, got {}", json_type(v))))?;
+    parse_ip_str(s).map_err(|m| FieldError::new(field, m))
+}
+
+fn parse_ip_str(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.trim().parse().map_err(|_| format!("invalid IP address {s:?}"))?;
+    if ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
+        return Err(format!("{ip} cannot be a service or backend address"));
+    }
+    Ok(ip)
+}
+
+/// A port 1..=65535 from a JSON number.
+pub fn parse_port(v: &Value, field: &str) -> Result<u16, FieldError> {
+    let n = v.as_i64().ok_or_else(|| {
+        FieldError::new(field, format!("expected an integer port, got {}", if v.is_number() { "a fraction".into() } else { json_type(v).to_string() }))
+    })?;
+    check_port(n).map_err(|m| FieldError::new(field, m))
+}
+
+fn check_port(n: i64) -> Result<u16, String> {
+    if (1..=65535).contains(&n) {
+        Ok(n as u16)
+    } else {
+        Err(format!("port must be between 1 and 65535, got {n}"))
+    }
+}
+
+fn parse_string<'a>(v: &'a Value, field: &str) -> Result<&'a str, FieldError> {
+    v.as_str().ok_or_else(|| FieldError::new(field, format!("expected a string, got {}", json_type(v))))
+}
+
+fn parse_protocol(v: Option<&Value>, field: &str) -> Result<Protocol, FieldError> {
+    match v {
+        None | Some(Value::Null) => Ok(Protocol::default()),
+        Some(v) => parse_string(v, field)?.parse().map_err(|m: String| FieldError::new(field, m)),
+    }
+}
+
+/// `{"address": "10.96.0.10", "port": 80, "protocol": "TCP"}`.
+pub fn frontend_from_json(v: &Value, prefix: &str) -> Result<L4Addr, FieldError> {
+    let obj = as_object(v, prefix)?;
+    reject_unknown(obj, &["address", "port", "protocol"], prefix)?;
+    let address = parse_ip(required(obj, "address", prefix)?, &join(prefix, "address"))?;
+    let port = parse_port(required(obj, "port", prefix)?, &join(prefix, "port"))?;
+    let protocol = parse_protocol(obj.get("protocol"), &join(prefix, "protocol"))?;
+    Ok(L4Addr { address, port, protocol })
+}
+
+/// `{"address": "10.0.0.2", "port": 8080}`.
+pub fn backend_from_json(v: &Value, prefix: &str) -> Result<Backend, FieldError> {
+    let obj = as_object(v, prefix)?;
+    reject_unknown(obj, &["address", "port", "state"], prefix)?;
+    let address = parse_ip(required(obj, "address", prefix)?, &join(prefix, "address"))?;
+    let port = parse_port(required(obj, "port", prefix)?, &join(prefix, "port"))?;
+    let state = match obj.get("state") {
+        None | Some(Value::Null) => BackendState::Active,
+        Some(v) => match parse_string(v, &join(prefix, "state"))? {
+            "active" => BackendState::Active,
+            other => return Err(FieldError::new(join(prefix, "state"), format!("unknown backend state {other:?} (expected active)"))),
+        },
+    };
+    Ok(Backend { address, port, state })
+}
+
+/// A whole service. `prefix` is where it sits in the document ("" at the top).
+pub fn service_spec_from_json(v: &Value, prefix: &str) -> Result<ServiceSpec, FieldError> {
+    let obj = as_object(v, prefix)?;
+    reject_unknown(obj, &["id", "name", "frontend", "backends", "type"], prefix)?;
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_id(v, &join(prefix, "id"))?),
+    };
+    let name = match obj.get("name") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_name(v, &join(prefix, "name"))?),
+    };
+    let frontend = frontend_from_json(required(obj, "frontend", prefix)?, &join(prefix, "frontend"))?;
+    let backends_field = join(prefix, "backends");
+    let backends = match obj.get("backends") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, b)| backend_from_json(b, &format!("{backends_field}[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(other) => return Err(FieldError::new(backends_field, format!("expected an array, got {}", json_type(other)))),
+    };
+    let svc_type = match obj.get("type") {
+        None | Some(Value::Null) => ServiceType::default(),
+        Some(v) => parse_string(v, &join(prefix, "type"))?.parse().map_err(|m: String| FieldError::new(join(prefix, "type"), m))?,
+    };
+    let spec = ServiceSpec { id, name, frontend, backends, svc_type };
+    check_consistency(&spec, prefix)?;
+    Ok(spec)
+}
+
+/// Checks that need the whole service but no agent state.
+pub fn check_consistency(spec: &ServiceSpec, prefix: &str) -> Result<(), FieldError> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, b) in spec.backends.iter().enumerate() {
+        let field = join(prefix, &format!("backends[{i}]"));
+        if b.address.is_ipv4() != spec.frontend.address.is_ipv4() {
+            return Err(FieldError::new(
+                format!("{field}.address"),
+                format!("{} is not the frontend's address family ({})", b.address, spec.frontend.address),
+            ));
+        }
+        if !seen.insert((b.address, b.port)) {
+            return Err(FieldError::new(field, format!("duplicate backend {}", b.socket_addr())));
+        }
+    }
+    Ok(())
+}
+
+/// Service ids are 1..=u32::MAX-1 (0 means "none" in the datapath).
+pub fn parse_id(v: &Value, field: &str) -> Result<u32, FieldError> {
+    let n = v.as_i64().ok_or_else(|| FieldError::new(field, format!("expected an integer id, got {}", json_type(v))))?;
+    check_id(n).map_err(|m| FieldError::new(field, m))
+}
+
+pub fn check_id(n: i64) -> Result<u32, String> {
+    if n >= 1 && n < u32::MAX as i64 {
+        Ok(n as u32)
+    } else {
+        Err(format!("id must be between 1 and {}, got {n}", u32::MAX - 1))
+    }
+}
+
+fn parse_name(v: &Value, field: &str) -> Result<String, FieldError> {
+    let s = parse_string(v, field)?;
+    if s.is_empty() || s.len() > 253 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c)) {
+        return Err(FieldError::new(field, format!("invalid name {s:?} (1-253 characters of a-z, 0-9, '-', '.', '_', '/')")));
+    }
+    Ok(s.to_string())
+}
+
+/// A bulk document: `{"services": [...]}` or a bare array of services.
+pub fn apply_from_json(v: &Value) -> Result<Vec<ServiceSpec>, FieldError> {
+    let items = match v {
+        Value::Array(items) => items,
+        Value::Object(obj) => {
+            reject_unknown(obj, &["services"], "")?;
+            match required(obj, "services", "")? {
+                Value::Array(items) => items,
+                other => return Err(FieldError::new("services", format!("expected an array, got {}", json_type(other)))),
+            }
+        }
+        other => return Err(FieldError::new("", format!("expected an object with \"services\" or an array, got {}", json_type(other)))),
+    };
+    let specs = items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| service_spec_from_json(s, &format!("services[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_no_duplicate_frontends(&specs)?;
+    Ok(specs)
+}
+
+fn check_no_duplicate_frontends(specs: &[ServiceSpec]) -> Result<(), FieldError> {
+    let mut frontends = std::collections::HashMap::new();
+    let mut ids = std::collections::HashMap::new();
+    for (i, s) in specs.iter().enumerate() {
+        if let Some(j) = frontends.insert(s.frontend, i) {
+            return Err(FieldError::new(
+                format!("services[{i}].frontend"),
+                format!("{} is also the frontend of services[{j}]", s.frontend),
+            ));
+        }
+        if let Some(id) = s.id {
+            if let Some(j) = ids.insert(id, i) {
+                return Err(FieldError::new(format!("services[{i}].id"), format!("id {id} is also the id of services[{j}]")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `IP:PORT[/tcp|/udp]` as the CLI takes it (`[fd00::1]:80/udp` for IPv6).
+pub fn parse_frontend_arg(s: &str) -> Result<L4Addr, String> {
+    let (addr, proto) = match s.rsplit_once('/') {
+        Some((a, p)) => (a, p.parse::<Protocol>()?),
+        None => (s, Protocol::Tcp),
+    };
+    let (ip, port) = parse_ip_port(addr)?;
+    Ok(L4Addr::new(ip, port, proto))
+}
+
+/// `IP:PORT` (`[v6]:PORT` for IPv6).
+pub fn parse_ip_port(s: &str) -> Result<(IpAddr, u16), String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?} is not IP:PORT"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let ip = parse_ip_str(host)?;
+    let port: i64 = port.parse().map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
+    Ok((ip, check_port(port)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(v: Value) -> FieldError {
+        service_spec_from_json(&v, "").unwrap_err()
+    }
+
+    #[test]
+    fn accepts_a_full_service() {
+        let s = service_spec_from_json(
+            &json!({"id": 7, "name": "default/web", "frontend": {"address": "10.96.0.10", "port": 80, "protocol": "udp"},
+                    "backends": [{"address": "10.0.0.2", "port": 8080}], "type": "ClusterIP"}),
+            "",
+        )
+        .unwrap();
+        assert_eq!(s.id, Some(7));
+        assert_eq!(s.frontend.protocol, Protocol::Udp);
+        assert_eq!(s.backends.len(), 1);
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let fe = |f: Value| json!({"frontend": f, "backends": []});
+        assert_eq!(err(fe(json!({"address": "10.0.0.300", "port": 80}))).field, "frontend.address");
+        assert_eq!(err(fe(json!({"address": "10.0.0.3", "port": 0}))).field, "frontend.port");
+        assert_eq!(err(fe(json!({"address": "10.0.0.3", "port": 65536}))).field, "frontend.port");
+        assert_eq!(err(fe(json!({"address": "10.0.0.3", "port": 80, "protocol": "sctp"}))).field, "frontend.protocol");
+        assert_eq!(err(json!({"backends": []})).field, "frontend");
+        let e = err(json!({"frontend": {"address": "10.0.0.3", "port": 80}, "backends": [{"address": "fd00::1", "port": 1}]}));
+        assert_eq!(e.field, "backends[0].address");
+        let e = err(json!({"frontend": {"address": "10.0.0.3", "port": 80}, "type": "Bogus"}));
+        assert_eq!(e.field, "type");
+        let e = err(json!({"frontend": {"address": "10.0.0.3", "port": 80}, "backend": []}));
+        assert_eq!(e.field, "backend");
+    }
+
+    #[test]
+    fn bulk_rejects_duplicate_frontends_with_index() {
+        let fe = json!({"address": "10.96.0.1", "port": 53, "protocol": "UDP"});
+        let e = apply_from_json(&json!({"services": [{"frontend": fe}, {"frontend": fe}]})).unwrap_err();
+        assert_eq!(e.field, "services[1].frontend");
+        let e = apply_from_json(&json!([{"frontend": {"address": "10.96.0.1", "port": "x"}}])).unwrap_err();
+        assert_eq!(e.field, "services[0].frontend.port");
+    }
+
+    #[test]
+    fn cli_frontend_syntax() {
+        assert_eq!(parse_frontend_arg("10.96.0.10:80").unwrap().to_string(), "10.96.0.10:80/TCP");
+        assert_eq!(parse_frontend_arg("[fd00::10]:53/udp").unwrap().to_string(), "[fd00::10]:53/UDP");
+        assert!(parse_frontend_arg("10.96.0.10:0").is_err());
+        assert!(parse_frontend_arg("10.96.0.10").is_err());
+        assert!(parse_frontend_arg("10.96.0.10:80/sctp").is_err());
+    }
+}
