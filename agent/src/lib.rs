@@ -1,3 +1,13 @@
 //! axon-agent: sources → desired state → reconcilers → pinned BPF maps.
+//!
+//! - [`service`]: the desired services and the LB reconciler,
+//! - [`store`]: the embedded crash-safe store of the standalone mode,
+//! - [`datapath`]: BPF objects, pins, links and typed map access,
+//! - [`api`]: the REST API on the unix socket,
+//! - [`config`]: flags and config file.
 
+pub mod api;
+pub mod config;
 pub mod datapath;
+pub mod service;
+pub mod store;

@@ -1,0 +1,326 @@
+//! The service model: the desired set of services (frontend, backends, type),
+//! the checks that need the whole set (duplicate frontends, limits, ids, map
+//! room), and the order of effects: validate → persist → reconcile. Every
+//! source (today the local API) goes through here; nothing downstream knows
+//! where a service came from.
+
+pub mod ids;
+pub mod reconciler;
+
+use crate::datapath::LbMaps;
+use crate::store::{Store, StoreError};
+use axon_api::{FieldError, L4Addr, Service, ServiceSpec};
+use ids::IdAllocator;
+use reconciler::{Change, ReconcileError, Reconciler};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tracing::{error, info};
+
+/// Limits a single request must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_backends_per_service: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_backends_per_service: 4096 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is malformed or breaks a rule: 400.
+    #[error("{0}")]
+    Invalid(FieldError),
+    /// No such service: 404.
+    #[error("id: service {0} does not exist")]
+    NotFound(u32),
+    /// The request collides with another service: 409.
+    #[error("{0}")]
+    Conflict(FieldError),
+    /// The maps have no room for it: 507.
+    #[error("{0}")]
+    NoRoom(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("datapath: {0}")]
+    Datapath(ReconcileError),
+}
+
+impl ServiceError {
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ServiceError::Invalid(e) | ServiceError::Conflict(e) => Some(&e.field),
+            ServiceError::NotFound(_) => Some("id"),
+            _ => None,
+        }
+    }
+}
+
+fn from_reconcile(e: ReconcileError) -> ServiceError {
+    match e {
+        ReconcileError::Capacity { .. } => ServiceError::NoRoom(e.to_string()),
+        ReconcileError::Datapath(crate::datapath::DatapathError::MapFull { .. }) => ServiceError::NoRoom(e.to_string()),
+        e => ServiceError::Datapath(e),
+    }
+}
+
+pub struct ServiceManager {
+    services: BTreeMap<u32, Service>,
+    frontends: HashMap<L4Addr, u32>,
+    service_ids: IdAllocator,
+    store: Store,
+    reconciler: Reconciler,
+    limits: Limits,
+}
+
+/// Where a spec sits in the request, for error messages ("" or "services[3]").
+fn field_of(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() {
+        field.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+impl ServiceManager {
+    /// Loads the store, rebuilds the datapath model from the pinned maps and
+    /// makes the maps match the store (removing orphans): the same path as any
+    /// change, so every start exercises it.
+    pub fn start(store: Store, maps: Box<dyn LbMaps>, limits: Limits) -> Result<Self, ServiceError> {
+        let stored = store.load_all()?;
+        let mut reconciler = Reconciler::restore(maps).map_err(from_reconcile)?;
+        let mut service_ids = IdAllocator::new(1, u32::MAX - 1);
+        let mut services = BTreeMap::new();
+        let mut frontends = HashMap::new();
+        for svc in stored {
+            if frontends.contains_key(&svc.frontend) || service_ids.reserve(svc.id).is_err() {
+                error!(id = svc.id, frontend = %svc.frontend, "stored service collides with another; skipping it");
+                continue;
+            }
+            frontends.insert(svc.frontend, svc.id);
+            services.insert(svc.id, svc);
+        }
+        reconciler.sync(services.values()).map_err(from_reconcile)?;
+        info!(services = services.len(), "service state reconciled into the datapath");
+        Ok(Self { services, frontends, service_ids, store, reconciler, limits })
+    }
+
+    pub fn list(&self) -> Vec<Service> {
+        self.services.values().cloned().collect()
+    }
+
+    pub fn get(&self, id: u32) -> Result<Service, ServiceError> {
+        self.services.get(&id).cloned().ok_or(ServiceError::NotFound(id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.reconciler.backend_count()
+    }
+
+    /// `PUT /v1/services/{id}`: creates or replaces service `id`.
+    pub fn put(&mut self, id: u32, mut spec: ServiceSpec) -> Result<Service, ServiceError> {
+        if let Some(body_id) = spec.id.filter(|b| *b != id) {
+            return Err(ServiceError::Invalid(FieldError::new("id", format!("{body_id} does not match the id in the path ({id})"))));
+        }
+        spec.id = Some(id);
+        self.commit(vec![spec], "").map(|mut v| v.remove(0))
+    }
+
+    /// `POST /v1/services`: creates a service; refuses to replace one.
+    pub fn create(&mut self, spec: ServiceSpec) -> Result<Service, ServiceError> {
+        if let Some(id) = spec.id.filter(|id| self.services.contains_key(id)) {
+            return Err(ServiceError::Conflict(FieldError::new("id", format!("service {id} already exists"))));
+        }
+        if let Some(owner) = self.frontends.get(&spec.frontend) {
+            return Err(ServiceError::Conflict(FieldError::new(
+                "frontend",
+                format!("{} is already the frontend of service {owner}", spec.frontend),
+            )));
+        }
+        self.commit(vec![spec], "").map(|mut v| v.remove(0))
+    }
+
+    /// `POST /v1/services/apply`: creates or replaces many services, all or
+    /// nothing. A spec without id replaces the service with its frontend, if
+    /// any, so applying the same file twice changes nothing.
+    pub fn apply(&mut self, specs: Vec<ServiceSpec>) -> Result<Vec<Service>, ServiceError> {
+        self.commit(specs, "services")
+    }
+
+    pub fn delete(&mut self, id: u32) -> Result<Service, ServiceError> {
+        let svc = self.get(id)?;
+        self.store.write(&[], &[id])?;
+        if let Err(e) = self.reconciler.remove(id) {
+            error!(id, error = %e, "removing service from the datapath failed; rolling back");
+            self.store.write(&[&svc], &[])?;
+            self.recover();
+            return Err(from_reconcile(e));
+        }
+        self.services.remove(&id);
+        self.frontends.remove(&svc.frontend);
+        self.service_ids.release(id);
+        Ok(svc)
+    }
+
+    /// Validates a batch against the current state, then persists it, then
+    /// writes the maps. `list_field` names the request's array ("" for one).
+    fn commit(&mut self, specs: Vec<ServiceSpec>, list_field: &str) -> Result<Vec<Service>, ServiceError> {
+        let prefix = |i: usize| if list_field.is_empty() { String::new() } else { format!("{list_field}[{i}]") };
+        let (ids, allocated) = self.assign_ids(&specs, &prefix)?;
+        let result = self.commit_with_ids(specs, ids, &prefix);
+        if result.is_err() {
+            // A rejected request leaks no id.
+            for id in allocated {
+                self.service_ids.release(id);
+            }
+        }
+        result
+    }
+
+    fn commit_with_ids(&mut self, specs: Vec<ServiceSpec>, ids: Vec<u32>, prefix: &dyn Fn(usize) -> String) -> Result<Vec<Service>, ServiceError> {
+        let batch: Vec<Service> = specs.into_iter().zip(&ids).map(|(spec, id)| Service::from_spec(*id, spec)).collect();
+        self.check_limits(&batch, prefix)?;
+        self.check_frontends(&batch, prefix)?;
+        let moved: Vec<u32> = batch
+            .iter()
+            .filter(|s| self.services.get(&s.id).is_some_and(|old| old.frontend != s.frontend))
+            .map(|s| s.id)
+            .collect();
+        let changes: Vec<Change<'_>> = moved
+            .iter()
+            .map(|id| Change { id: *id, new: None })
+            .chain(batch.iter().map(|s| Change { id: s.id, new: Some(s) }))
+            .collect();
+        self.reconciler.check_capacity(&changes).map_err(from_reconcile)?;
+
+        let previous: Vec<Service> = batch.iter().filter_map(|s| self.services.get(&s.id).cloned()).collect();
+        self.store.write(&batch.iter().collect::<Vec<_>>(), &[])?;
+        if let Err(e) = self.reconcile_batch(&batch, &moved) {
+            error!(error = %e, "writing the datapath failed; rolling back");
+            let created: Vec<u32> = batch.iter().map(|s| s.id).filter(|id| !self.services.contains_key(id)).collect();
+            self.store.write(&previous.iter().collect::<Vec<_>>(), &created)?;
+            self.recover();
+            return Err(from_reconcile(e));
+        }
+        for svc in &batch {
+            if let Some(old) = self.services.insert(svc.id, svc.clone()) {
+                self.frontends.remove(&old.frontend);
+            } else {
+                // Ids chosen by the client are reserved here; allocated ones already are.
+                let _ = self.service_ids.reserve(svc.id);
+            }
+            self.frontends.insert(svc.frontend, svc.id);
+        }
+        Ok(batch)
+    }
+
+    /// Moved services leave their old frontend before anyone may take it.
+    fn reconcile_batch(&mut self, batch: &[Service], moved: &[u32]) -> Result<(), ReconcileError> {
+        for id in moved {
+            self.reconciler.remove(*id)?;
+        }
+        for svc in batch {
+            self.reconciler.apply(svc)?;
+        }
+        Ok(())
+    }
+
+    /// After a failed write, reread the maps and make them match the (rolled
+    /// back) desired state again.
+    fn recover(&mut self) {
+        let result = self.reconciler.rebuild().and_then(|_| self.reconciler.sync(self.services.values()));
+        if let Err(e) = result {
+            error!(error = %e, "datapath recovery failed; the next change or restart retries");
+        }
+    }
+
+    /// Ids for a batch: the spec's own, else the id of the service that has
+    /// this frontend, else the lowest free one. Answers the ids and which of
+    /// them were allocated here.
+    fn assign_ids(&mut self, specs: &[ServiceSpec], prefix: &dyn Fn(usize) -> String) -> Result<(Vec<u32>, Vec<u32>), ServiceError> {
+        let mut seen = HashSet::new();
+        let mut chosen = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let id = spec.id.or_else(|| self.frontends.get(&spec.frontend).copied());
+            if let Some(id) = id {
+                if !seen.insert(id) {
+                    return Err(ServiceError::Invalid(FieldError::new(field_of(&prefix(i), "id"), format!("id {id} appears twice in the request"))));
+                }
+            }
+            chosen.push(id);
+        }
+        let mut allocated = Vec::new();
+        let mut skipped = Vec::new();
+        let mut out = Vec::with_capacity(chosen.len());
+        for id in chosen {
+            let id = match id {
+                Some(id) => id,
+                None => loop {
+                    let candidate = match self.service_ids.allocate() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            allocated.extend(skipped.drain(..));
+                            for id in &allocated {
+                                self.service_ids.release(*id);
+                            }
+                            return Err(ServiceError::NoRoom(format!("service ids: {e}")));
+                        }
+                    };
+                    if seen.contains(&candidate) {
+                        // Taken by a spec later in this batch: not ours to keep.
+                        skipped.push(candidate);
+                        continue;
+                    }
+                    allocated.push(candidate);
+                    break candidate;
+                },
+            };
+            out.push(id);
+        }
+        for id in skipped {
+            self.service_ids.release(id);
+        }
+        Ok((out, allocated))
+    }
+
+    fn check_limits(&self, batch: &[Service], prefix: &dyn Fn(usize) -> String) -> Result<(), ServiceError> {
+        let max = self.limits.max_backends_per_service;
+        for (i, svc) in batch.iter().enumerate() {
+            if svc.backends.len() > max {
+                return Err(ServiceError::Invalid(FieldError::new(
+                    field_of(&prefix(i), "backends"),
+                    format!("{} backends, more than the {max} a service may have (--max-backends-per-service)", svc.backends.len()),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// No two services may share a frontend once the batch is applied.
+    fn check_frontends(&self, batch: &[Service], prefix: &dyn Fn(usize) -> String) -> Result<(), ServiceError> {
+        let in_batch: HashSet<u32> = batch.iter().map(|s| s.id).collect();
+        let mut owners: HashMap<L4Addr, u32> = self.frontends.iter().filter(|(_, id)| !in_batch.contains(id)).map(|(fe, id)| (*fe, *id)).collect();
+        for (i, svc) in batch.iter().enumerate() {
+            if let Some(owner) = owners.insert(svc.frontend, svc.id) {
+                return Err(ServiceError::Conflict(FieldError::new(
+                    field_of(&prefix(i), "frontend"),
+                    format!("{} is already the frontend of service {owner}", svc.frontend),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+}

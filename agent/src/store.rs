@@ -1,0 +1,105 @@
+//! The embedded, crash-safe state store of the standalone mode: every service
+//! declared through the API, in a redb database under `--state-dir`. Each
+//! change is one durable transaction, so a `kill -9` at any moment leaves
+//! either the old or the new state, never a mix.
+
+use axon_api::Service;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+
+/// service id → the service as JSON (a stable, inspectable encoding).
+const SERVICES: TableDefinition<u32, &[u8]> = TableDefinition::new("services");
+
+/// redb's page cache; the whole state of 100k services is a few MB, and the
+/// agent reads it once at start.
+const CACHE_BYTES: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {message}")]
+    Db { path: PathBuf, message: String },
+    #[error("state store {path}: service {id} is corrupt: {message}")]
+    Corrupt { path: PathBuf, id: u32, message: String },
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<state_dir>/services.redb`.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let path = state_dir.join("services.redb");
+        let err = |e: &dyn std::fmt::Display| StoreError::Db { path: path.clone(), message: e.to_string() };
+        std::fs::create_dir_all(state_dir).map_err(|e| err(&e))?;
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| err(&e))?;
+        let store = Self { db, path };
+        // Create the table so reads of an empty store succeed.
+        store.write(&[], &[])?;
+        Ok(store)
+    }
+
+    fn err(&self, e: &dyn std::fmt::Display) -> StoreError {
+        StoreError::Db { path: self.path.clone(), message: e.to_string() }
+    }
+
+    pub fn load_all(&self) -> Result<Vec<Service>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(&e))?;
+        let table = txn.open_table(SERVICES).map_err(|e| self.err(&e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.err(&e))? {
+            let (id, bytes) = entry.map_err(|e| self.err(&e))?;
+            let svc: Service = serde_json::from_slice(bytes.value()).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                id: id.value(),
+                message: e.to_string(),
+            })?;
+            out.push(svc);
+        }
+        Ok(out)
+    }
+
+    /// Writes `upserts` and removes `deletes` in one durable transaction.
+    pub fn write(&self, upserts: &[&Service], deletes: &[u32]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(&e))?;
+        {
+            let mut table = txn.open_table(SERVICES).map_err(|e| self.err(&e))?;
+            for svc in upserts {
+                let bytes = serde_json::to_vec(svc).map_err(|e| self.err(&e))?;
+                table.insert(svc.id, bytes.as_slice()).map_err(|e| self.err(&e))?;
+            }
+            for id in deletes {
+                table.remove(*id).map_err(|e| self.err(&e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.err(&e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::reconciler::tests::svc;
+
+    #[test]
+    fn round_trips_and_survives_reopen() {
+        let dir = std::env::temp_dir().join(format!("axon-store-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let store = Store::open(&dir).unwrap();
+            let a = svc(1, "10.96.0.1", 80, &["10.0.0.1:80"]);
+            let b = svc(2, "fd00::2", 53, &["[fd00::9]:53"]);
+            store.write(&[&a, &b], &[]).unwrap();
+            store.write(&[], &[1]).unwrap();
+        }
+        let store = Store::open(&dir).unwrap();
+        let all = store.load_all().unwrap();
+        assert_eq!(all, vec![svc(2, "fd00::2", 53, &["[fd00::9]:53"])]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
