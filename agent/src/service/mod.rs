@@ -324,3 +324,121 @@ impl ServiceManager {
         &self.reconciler
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::reconciler::tests::{svc, SharedFake};
+    use super::*;
+
+    struct Fixture {
+        fake: SharedFake,
+        dir: std::path::PathBuf,
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("axon-svc-test-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Self { fake: SharedFake::default(), dir }
+        }
+
+        fn start(&self) -> ServiceManager {
+            let store = Store::open(&self.dir).unwrap();
+            ServiceManager::start(store, Box::new(self.fake.clone()), Limits { max_backends_per_service: 4 }).unwrap()
+        }
+
+        fn map_entries(&self) -> (usize, usize, usize) {
+            let m = self.fake.0.lock().unwrap();
+            (m.slots.len(), m.backends.len(), m.rev_nat.len())
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn spec(s: &Service) -> ServiceSpec {
+        let mut spec = s.to_spec();
+        spec.id = None;
+        spec
+    }
+
+    #[test]
+    fn rejected_requests_change_nothing() {
+        let fx = Fixture::new("reject");
+        let mut m = fx.start();
+        let a = svc(1, "10.96.0.1", 80, &["10.0.0.1:80"]);
+        m.put(1, spec(&a)).unwrap();
+        let before = (m.list(), fx.map_entries());
+
+        let dup = svc(2, "10.96.0.1", 80, &["10.0.0.2:80"]);
+        let e = m.put(2, spec(&dup)).unwrap_err();
+        assert!(matches!(&e, ServiceError::Conflict(f) if f.field == "frontend"), "{e}");
+        let many = svc(3, "10.96.0.3", 80, &["10.0.0.1:1", "10.0.0.1:2", "10.0.0.1:3", "10.0.0.1:4", "10.0.0.1:5"]);
+        let e = m.put(3, spec(&many)).unwrap_err();
+        assert!(matches!(&e, ServiceError::Invalid(f) if f.field == "backends"), "{e}");
+        // A bulk request with one bad member applies none of them.
+        let ok = svc(0, "10.96.0.4", 80, &["10.0.0.4:80"]);
+        let dup_with_id = ServiceSpec { id: Some(5), ..spec(&dup) };
+        let e = m.apply(vec![spec(&ok), dup_with_id]).unwrap_err();
+        assert!(matches!(&e, ServiceError::Conflict(f) if f.field == "services[1].frontend"), "{e}");
+        assert!(matches!(m.delete(9), Err(ServiceError::NotFound(9))));
+        assert!(matches!(m.put(5, ServiceSpec { id: Some(6), ..spec(&a) }), Err(ServiceError::Invalid(_))));
+        assert_eq!((m.list(), fx.map_entries()), before);
+        // And no service id leaked: the next allocation is 2.
+        assert_eq!(m.create(spec(&ok)).unwrap().id, 2);
+    }
+
+    #[test]
+    fn apply_is_idempotent_and_keys_on_frontend() {
+        let fx = Fixture::new("apply");
+        let mut m = fx.start();
+        let a = svc(0, "10.96.0.1", 80, &["10.0.0.1:80"]);
+        let b = svc(0, "10.96.0.2", 53, &["10.0.0.2:53", "10.0.0.3:53"]);
+        let first = m.apply(vec![spec(&a), spec(&b)]).unwrap();
+        assert_eq!(first.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2]);
+        let writes = fx.fake.0.lock().unwrap().writes;
+        let again = m.apply(vec![spec(&a), spec(&b)]).unwrap();
+        assert_eq!(again, first);
+        assert_eq!(fx.fake.0.lock().unwrap().writes, writes, "re-applying writes nothing");
+    }
+
+    #[test]
+    fn two_services_can_swap_frontends_in_one_batch() {
+        let fx = Fixture::new("swap");
+        let mut m = fx.start();
+        m.put(1, spec(&svc(1, "10.96.0.1", 80, &["10.0.0.1:80"]))).unwrap();
+        m.put(2, spec(&svc(2, "10.96.0.2", 80, &["10.0.0.2:80"]))).unwrap();
+        let mut s1 = spec(&svc(1, "10.96.0.2", 80, &["10.0.0.1:80"]));
+        s1.id = Some(1);
+        let mut s2 = spec(&svc(2, "10.96.0.1", 80, &["10.0.0.2:80"]));
+        s2.id = Some(2);
+        m.apply(vec![s1, s2]).unwrap();
+        assert!(m.list().iter().all(|s| m.reconciler().is_realized(s)));
+        assert_eq!(fx.map_entries(), (4, 2, 2));
+    }
+
+    #[test]
+    fn restart_restores_from_store_and_writes_nothing() {
+        let fx = Fixture::new("restart");
+        let listed = {
+            let mut m = fx.start();
+            m.put(3, spec(&svc(3, "10.96.0.3", 80, &["10.0.0.1:80", "10.0.0.2:80"]))).unwrap();
+            m.put(4, spec(&svc(4, "fd00::4", 80, &["[fd00::1]:80"]))).unwrap();
+            m.list()
+        };
+        let writes = fx.fake.0.lock().unwrap().writes;
+        let m = fx.start();
+        assert_eq!(m.list(), listed);
+        assert_eq!(fx.fake.0.lock().unwrap().writes, writes, "no gap: nothing rewritten at start");
+        // The store lost a service (say, restored from an old backup): the
+        // maps follow the store.
+        drop(m);
+        Store::open(&fx.dir).unwrap().write(&[], &[4]).unwrap();
+        let m = fx.start();
+        assert_eq!(m.len(), 1);
+        assert_eq!(fx.map_entries(), (3, 2, 1));
+    }
+}
