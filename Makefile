@@ -1,0 +1,53 @@
+# Axon: the two commands a user needs are `make demo` and `make test`; both
+# install what is missing first. Everything here runs as root (BPF, netns).
+
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: all deps build release test demo bench clean-lab fmt clippy
+
+all: build
+
+## deps: install missing tools (apt), mount bpffs, check the Rust toolchain
+deps:
+	@bash scripts/deps.sh
+
+## build: debug build of every binary (axon-agent, agentctl, the lab's helpers)
+build:
+	$(CARGO) build --workspace --bins
+
+## release: optimized build, for benchmarks
+release:
+	$(CARGO) build --workspace --bins --release
+
+## test: the whole suite: unit tests and the network-namespace lab (needs root)
+# The lab's tests run axon-agent, agentctl and lab-client from the target dir,
+# so the binaries are built before the tests start.
+test: deps build
+	@[ "$$(id -u)" -eq 0 ] || { echo "make test: the lab tests need root (network namespaces, cgroups, BPF)" >&2; exit 1; }
+	$(CARGO) test --workspace
+
+## demo: a ClusterIP service served by socket-LB in a lab of namespaces
+demo: deps build
+	@bash scripts/demo.sh
+
+## bench: Axon socket-LB vs iptables vs nftables, side by side
+bench: deps release
+	@if [ -f scripts/bench.sh ]; then \
+		bash scripts/bench.sh; \
+	elif $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | grep -q '"name":"axon-bench"'; then \
+		$(CARGO) run --release -p axon-tests --bin axon-bench; \
+	else \
+		echo "make bench: no benchmark yet (neither scripts/bench.sh nor the axon-bench binary of axon-tests exists)" >&2; \
+		exit 1; \
+	fi
+
+## clean-lab: remove leftovers of interrupted tests/demos (axt-*, axd-*, axon-demo)
+clean-lab:
+	@bash scripts/clean-lab.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
