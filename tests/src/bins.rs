@@ -1,0 +1,48 @@
+//! Finding the workspace's binaries (`axon-agent`, `agentctl`, `lab-client`)
+//! and naming things uniquely so tests never collide.
+
+use crate::error::{LabError, Result};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Where the binaries are: `$AXON_BIN_DIR`, else `target/<profile>/` — the
+/// test binary lives in `target/<profile>/deps/`.
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("AXON_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().map_err(|e| LabError::io("finding the test executable", e))?;
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// The path of binary `name`, or an error telling how to build it.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let path = bin_dir()?.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(LabError::MissingBinary { path })
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// `axt-<pid>-<seq>`: unique on this machine while this process lives, and
+/// the pid lets [`crate::sweep`] recognise leftovers of dead test processes.
+pub fn unique_id() -> String {
+    format!("axt-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Keeps `[a-z0-9]`, maps the rest to `_`, and bounds the length: a label
+/// that is safe in file names.
+pub fn sanitize_label(label: &str) -> String {
+    label
+        .chars()
+        .take(24)
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect()
+}
