@@ -116,6 +116,16 @@ impl Lab {
         &self.backends[i - 1]
     }
 
+    /// `ip:port` of every backend (IPv6 when `v6`).
+    pub fn backend_addrs(&self, v6: bool, port: u16) -> Vec<SocketAddr> {
+        self.backends.iter().map(|b| b.addr(v6, port)).collect()
+    }
+
+    /// `backend-1`, `backend-2`, ...
+    pub fn backend_names(&self) -> Vec<&str> {
+        self.backends.iter().map(Node::name).collect()
+    }
+
     pub fn hub(&self) -> &Netns {
         &self.hub
     }
