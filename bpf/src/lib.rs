@@ -3,4 +3,5 @@
 //! Knows nothing of the agent, Kubernetes or HTTP.
 
 pub mod maps;
+pub mod objects;
 pub mod pinned;

@@ -8,6 +8,19 @@
 use axon_api::L4Addr;
 use std::net::IpAddr;
 
+mod cleanup;
+mod config;
+mod loader;
+mod maps;
+mod status;
+mod sys;
+
+pub use cleanup::{cleanup, CleanupReport};
+pub use config::{cgroup2_mount, DatapathConfig, DEFAULT_BPFFS_ROOT};
+pub use loader::{AttachedProgram, Datapath, LinkAction};
+pub use maps::AyaLbMaps;
+pub use status::{kernel_release, probe_features, DatapathStatus};
+
 /// Address family of a map pair (`axon_lb4_*` / `axon_lb6_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {

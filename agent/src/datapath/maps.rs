@@ -1,0 +1,238 @@
+//! [`AyaLbMaps`]: the [`LbMaps`] trait over the pinned LB maps. Translates the
+//! model's host-order values into the `#[repr(C)]` layouts of
+//! `axon_bpf::maps` and kernel errors into [`DatapathError`].
+
+use super::{BackendValue, DatapathError, Family, LbCapacity, LbMaps, LbSnapshot, SlotValue};
+use axon_api::{L4Addr, Protocol};
+use axon_bpf::maps::{names, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb6Backend, Lb6Key, Lb6ReverseNat, LbService};
+use axon_bpf::pinned::maps_dir;
+use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::Pod;
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// One pinned hash map, with what error messages need to name it.
+struct Table<K: Pod, V: Pod> {
+    name: &'static str,
+    max_entries: u32,
+    map: HashMap<MapData, K, V>,
+}
+
+impl<K: Pod, V: Pod> Table<K, V> {
+    fn open(dir: &Path, name: &'static str) -> Result<Self, DatapathError> {
+        let path = dir.join(name);
+        let load_err = |message: String| DatapathError::Load {
+            context: format!("opening pinned map {}", path.display()),
+            message,
+        };
+        let data = MapData::from_pin(&path).map_err(|e| load_err(e.to_string()))?;
+        let max_entries = data.info().map_err(|e| load_err(e.to_string()))?.max_entries();
+        let map = Map::from_map_data(data).map_err(|e| load_err(e.to_string()))?;
+        let map = HashMap::try_from(map).map_err(|e| load_err(e.to_string()))?;
+        Ok(Self { name, max_entries, map })
+    }
+
+    /// Inserts or replaces; a new key that does not fit is `MapFull`.
+    fn put(&mut self, key: &K, value: &V) -> Result<(), DatapathError> {
+        let err = match self.map.insert(key, value, 0) {
+            Ok(()) => return Ok(()),
+            Err(e) => map_error_io(e),
+        };
+        let full = match err.raw_os_error() {
+            Some(libc::E2BIG) => true,
+            // No-prealloc hash maps allocate per element: ENOMEM is "full" only
+            // when the key is new; otherwise the kernel is short of memory.
+            Some(libc::ENOMEM) => self.map.get(key, 0).is_err(),
+            _ => false,
+        };
+        if full {
+            return Err(DatapathError::MapFull { map: self.name, max_entries: self.max_entries });
+        }
+        Err(DatapathError::Map { map: self.name, op: "update", source: err })
+    }
+
+    /// Deletes; an absent key is fine (reconciling is idempotent).
+    fn delete(&mut self, key: &K) -> Result<(), DatapathError> {
+        match self.map.remove(key).map_err(map_error_io) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(DatapathError::Map { map: self.name, op: "delete", source }),
+        }
+    }
+
+    fn entries(&self) -> Result<Vec<(K, V)>, DatapathError> {
+        self.map
+            .iter()
+            .map(|r| r.map_err(|e| DatapathError::Map { map: self.name, op: "iterate", source: map_error_io(e) }))
+            .collect()
+    }
+}
+
+/// The kernel's errno when there is one, so callers can match on it.
+fn map_error_io(e: MapError) -> io::Error {
+    match e {
+        MapError::SyscallError(s) => s.io_error,
+        MapError::KeyNotFound | MapError::ElementNotFound => io::Error::from_raw_os_error(libc::ENOENT),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// The load-balancing maps pinned under a bpffs root, both families.
+pub struct AyaLbMaps {
+    services4: Table<Lb4Key, LbService>,
+    services6: Table<Lb6Key, LbService>,
+    backends4: Table<u32, Lb4Backend>,
+    backends6: Table<u32, Lb6Backend>,
+    rev_nat4: Table<u32, Lb4ReverseNat>,
+    rev_nat6: Table<u32, Lb6ReverseNat>,
+}
+
+impl std::fmt::Debug for AyaLbMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AyaLbMaps").field("capacity", &self.capacity()).finish_non_exhaustive()
+    }
+}
+
+impl AyaLbMaps {
+    /// Opens the maps pinned under `<bpffs_root>/maps` (by [`super::Datapath::load`]).
+    pub fn open(bpffs_root: &Path) -> Result<Self, DatapathError> {
+        let dir = maps_dir(bpffs_root);
+        Ok(Self {
+            services4: Table::open(&dir, names::LB4_SERVICES)?,
+            services6: Table::open(&dir, names::LB6_SERVICES)?,
+            backends4: Table::open(&dir, names::LB4_BACKENDS)?,
+            backends6: Table::open(&dir, names::LB6_BACKENDS)?,
+            rev_nat4: Table::open(&dir, names::LB4_REVERSE_NAT)?,
+            rev_nat6: Table::open(&dir, names::LB6_REVERSE_NAT)?,
+        })
+    }
+}
+
+fn protocol(number: u8, what: &str) -> Option<Protocol> {
+    let protocol = Protocol::from_number(number);
+    if protocol.is_none() {
+        tracing::warn!(number, "{what} with an unknown protocol in the maps; skipped");
+    }
+    protocol
+}
+
+fn to_lb_service(v: &SlotValue) -> LbService {
+    LbService {
+        backend_id: v.backend_id,
+        rev_nat_index: v.rev_nat_index,
+        count: v.count,
+        svc_type: v.svc_type,
+        flags: v.flags,
+    }
+}
+
+fn from_lb_service(v: &LbService) -> SlotValue {
+    SlotValue {
+        backend_id: v.backend_id,
+        rev_nat_index: v.rev_nat_index,
+        count: v.count,
+        svc_type: v.svc_type,
+        flags: v.flags,
+    }
+}
+
+impl LbMaps for AyaLbMaps {
+    fn put_backend(&mut self, id: u32, backend: &BackendValue) -> Result<(), DatapathError> {
+        let (port, proto) = (backend.addr.port, backend.addr.protocol.number());
+        match backend.addr.address {
+            IpAddr::V4(ip) => self.backends4.put(&id, &Lb4Backend::new(ip, port, proto, backend.state)),
+            IpAddr::V6(ip) => self.backends6.put(&id, &Lb6Backend::new(ip, port, proto, backend.state)),
+        }
+    }
+
+    fn delete_backend(&mut self, id: u32, family: Family) -> Result<(), DatapathError> {
+        match family {
+            Family::V4 => self.backends4.delete(&id),
+            Family::V6 => self.backends6.delete(&id),
+        }
+    }
+
+    fn put_slot(&mut self, frontend: &L4Addr, slot: u16, value: &SlotValue) -> Result<(), DatapathError> {
+        let (port, proto) = (frontend.port, frontend.protocol.number());
+        let value = to_lb_service(value);
+        match frontend.address {
+            IpAddr::V4(ip) => self.services4.put(&Lb4Key::new(ip, port, proto, slot), &value),
+            IpAddr::V6(ip) => self.services6.put(&Lb6Key::new(ip, port, proto, slot), &value),
+        }
+    }
+
+    fn delete_slot(&mut self, frontend: &L4Addr, slot: u16) -> Result<(), DatapathError> {
+        let (port, proto) = (frontend.port, frontend.protocol.number());
+        match frontend.address {
+            IpAddr::V4(ip) => self.services4.delete(&Lb4Key::new(ip, port, proto, slot)),
+            IpAddr::V6(ip) => self.services6.delete(&Lb6Key::new(ip, port, proto, slot)),
+        }
+    }
+
+    fn put_rev_nat(&mut self, id: u32, frontend: &L4Addr) -> Result<(), DatapathError> {
+        match frontend.address {
+            IpAddr::V4(ip) => self.rev_nat4.put(&id, &Lb4ReverseNat::new(ip, frontend.port)),
+            IpAddr::V6(ip) => self.rev_nat6.put(&id, &Lb6ReverseNat::new(ip, frontend.port)),
+        }
+    }
+
+    fn delete_rev_nat(&mut self, id: u32, family: Family) -> Result<(), DatapathError> {
+        match family {
+            Family::V4 => self.rev_nat4.delete(&id),
+            Family::V6 => self.rev_nat6.delete(&id),
+        }
+    }
+
+    fn snapshot(&self) -> Result<LbSnapshot, DatapathError> {
+        let mut snap = LbSnapshot::default();
+        for (key, value) in self.services4.entries()? {
+            if let Some(p) = protocol(key.proto, "service slot") {
+                snap.slots.push((
+                    L4Addr::new(key.ip().into(), key.port(), p),
+                    key.backend_slot,
+                    from_lb_service(&value),
+                ));
+            }
+        }
+        for (key, value) in self.services6.entries()? {
+            if let Some(p) = protocol(key.proto, "service slot") {
+                snap.slots.push((
+                    L4Addr::new(key.ip().into(), key.port(), p),
+                    key.backend_slot,
+                    from_lb_service(&value),
+                ));
+            }
+        }
+        for (id, be) in self.backends4.entries()? {
+            if let Some(p) = protocol(be.proto, "backend") {
+                let addr = L4Addr::new(be.ip().into(), be.host_port(), p);
+                snap.backends.push((id, BackendValue { addr, state: be.flags }));
+            }
+        }
+        for (id, be) in self.backends6.entries()? {
+            if let Some(p) = protocol(be.proto, "backend") {
+                let addr = L4Addr::new(be.ip().into(), be.host_port(), p);
+                snap.backends.push((id, BackendValue { addr, state: be.flags }));
+            }
+        }
+        for (id, rn) in self.rev_nat4.entries()? {
+            snap.rev_nat.push((id, rn.ip().into(), rn.host_port()));
+        }
+        for (id, rn) in self.rev_nat6.entries()? {
+            snap.rev_nat.push((id, rn.ip().into(), rn.host_port()));
+        }
+        snap.slots.sort_by_key(|(addr, slot, _)| (*addr, *slot));
+        snap.backends.sort_by_key(|(id, be)| (*id, be.addr));
+        snap.rev_nat.sort();
+        Ok(snap)
+    }
+
+    fn capacity(&self) -> LbCapacity {
+        LbCapacity {
+            service_entries: self.services4.max_entries,
+            backend_entries: self.backends4.max_entries,
+            rev_nat_entries: self.rev_nat4.max_entries,
+        }
+    }
+}

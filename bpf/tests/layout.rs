@@ -1,0 +1,312 @@
+//! Proves the Rust mirrors in `axon_bpf::maps` and the C structs in
+//! `bpf/lib/maps.h` agree, from the BTF clang wrote into the compiled
+//! socket-LB object: every struct's size, every field's offset and size, and
+//! every map's key and value size.
+//!
+//! The BTF is read by the small reader below (aya-obj keeps its type tables
+//! private): ELF section `.BTF`, then the type and string sections.
+
+use axon_bpf::maps::*;
+use axon_bpf::objects::SOCK_LB;
+use std::collections::BTreeMap;
+use std::mem::{offset_of, size_of};
+
+// ------------------------------------------------------------------ ELF --
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+fn cstr_at(b: &[u8], off: usize) -> &str {
+    let end = b[off..].iter().position(|&c| c == 0).expect("NUL-terminated string") + off;
+    std::str::from_utf8(&b[off..end]).expect("UTF-8 name")
+}
+
+/// The contents of the named section of a 64-bit little-endian ELF file.
+fn elf_section<'a>(elf: &'a [u8], name: &str) -> &'a [u8] {
+    assert_eq!(&elf[..4], b"\x7fELF", "not an ELF object");
+    assert_eq!((elf[4], elf[5]), (2, 1), "expected ELF64 little-endian");
+    let shoff = u64_at(elf, 0x28) as usize;
+    let shentsize = u16_at(elf, 0x3a) as usize;
+    let shnum = u16_at(elf, 0x3c) as usize;
+    let shstrndx = u16_at(elf, 0x3e) as usize;
+    let header = |i: usize| shoff + i * shentsize;
+    let body = |i: usize| {
+        let h = header(i);
+        let (off, size) = (u64_at(elf, h + 24) as usize, u64_at(elf, h + 32) as usize);
+        &elf[off..off + size]
+    };
+    let names = body(shstrndx);
+    (0..shnum)
+        .find(|&i| cstr_at(names, u32_at(elf, header(i)) as usize) == name)
+        .map(body)
+        .unwrap_or_else(|| panic!("no {name} section in the object"))
+}
+
+// ------------------------------------------------------------------ BTF --
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: String,
+    type_id: u32,
+    /// Offset in bits (bitfields are not used in maps.h).
+    bit_offset: u32,
+}
+
+#[derive(Debug, Clone)]
+struct BtfType {
+    name: String,
+    kind: u32,
+    /// `size` for sized kinds, the referenced type otherwise.
+    size_or_type: u32,
+    members: Vec<Member>,
+    /// ARRAY: (element type, number of elements).
+    array: Option<(u32, u32)>,
+}
+
+struct Btf {
+    /// Index = type id; id 0 is `void`.
+    types: Vec<BtfType>,
+}
+
+impl Btf {
+    fn parse(data: &[u8]) -> Self {
+        assert_eq!(u16_at(data, 0), 0xeb9f, "BTF magic");
+        let hdr_len = u32_at(data, 4) as usize;
+        let (type_off, type_len) = (u32_at(data, 8) as usize, u32_at(data, 12) as usize);
+        let (str_off, str_len) = (u32_at(data, 16) as usize, u32_at(data, 20) as usize);
+        let type_sec = &data[hdr_len + type_off..hdr_len + type_off + type_len];
+        let strings = &data[hdr_len + str_off..hdr_len + str_off + str_len];
+        let void = BtfType { name: String::new(), kind: 0, size_or_type: 0, members: vec![], array: None };
+        let mut types = vec![void];
+        let mut pos = 0;
+        while pos < type_sec.len() {
+            let (ty, len) = Self::parse_type(&type_sec[pos..], strings);
+            types.push(ty);
+            pos += len;
+        }
+        Btf { types }
+    }
+
+    /// One type record and its length in bytes.
+    fn parse_type(b: &[u8], strings: &[u8]) -> (BtfType, usize) {
+        let name = cstr_at(strings, u32_at(b, 0) as usize).to_string();
+        let info = u32_at(b, 4);
+        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        let mut ty = BtfType { name, kind, size_or_type: u32_at(b, 8), members: vec![], array: None };
+        let extra = match kind {
+            KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+            KIND_ARRAY => {
+                ty.array = Some((u32_at(b, 12), u32_at(b, 20)));
+                12
+            }
+            KIND_STRUCT | KIND_UNION => {
+                let kind_flag = info >> 31 == 1;
+                ty.members = (0..vlen)
+                    .map(|i| {
+                        let m = 12 + i * 12;
+                        let offset = u32_at(b, m + 8);
+                        Member {
+                            name: cstr_at(strings, u32_at(b, m) as usize).to_string(),
+                            type_id: u32_at(b, m + 4),
+                            bit_offset: if kind_flag { offset & 0x00ff_ffff } else { offset },
+                        }
+                    })
+                    .collect();
+                vlen * 12
+            }
+            KIND_ENUM => vlen * 8,
+            KIND_FUNC_PROTO => vlen * 8,
+            KIND_DATASEC => {
+                // (var type, offset, size) per variable; keep the var types.
+                ty.members = (0..vlen)
+                    .map(|i| Member { name: String::new(), type_id: u32_at(b, 12 + i * 12), bit_offset: 0 })
+                    .collect();
+                vlen * 12
+            }
+            KIND_ENUM64 => vlen * 12,
+            _ => 0,
+        };
+        (ty, 12 + extra)
+    }
+
+    fn get(&self, id: u32) -> &BtfType {
+        &self.types[id as usize]
+    }
+
+    /// Skips typedefs and qualifiers.
+    fn resolve(&self, mut id: u32) -> u32 {
+        while matches!(self.get(id).kind, KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG) {
+            id = self.get(id).size_or_type;
+        }
+        id
+    }
+
+    fn size(&self, id: u32) -> usize {
+        let ty = self.get(self.resolve(id));
+        match ty.kind {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT | KIND_DATASEC => {
+                ty.size_or_type as usize
+            }
+            KIND_PTR => 8,
+            KIND_ARRAY => {
+                let (elem, n) = ty.array.expect("array record");
+                self.size(elem) * n as usize
+            }
+            kind => panic!("type {id} ({}) of kind {kind} has no size", ty.name),
+        }
+    }
+
+    fn struct_named(&self, name: &str) -> &BtfType {
+        self.types
+            .iter()
+            .find(|t| t.kind == KIND_STRUCT && t.name == name)
+            .unwrap_or_else(|| panic!("struct {name} is not in the object's BTF"))
+    }
+
+    /// name -> (key size, value size, max_entries) of every map in `.maps`.
+    fn maps(&self) -> BTreeMap<String, (usize, usize, u32)> {
+        let datasec = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_DATASEC && t.name == ".maps")
+            .expect("a .maps section in the BTF");
+        datasec
+            .members
+            .iter()
+            .map(|var_ref| {
+                let var = self.get(var_ref.type_id);
+                assert_eq!(var.kind, KIND_VAR);
+                let def = self.get(self.resolve(var.size_or_type));
+                let member = |name: &str| {
+                    def.members
+                        .iter()
+                        .find(|m| m.name == name)
+                        .unwrap_or_else(|| panic!("map {} has no {name}", var.name))
+                        .type_id
+                };
+                // `__type(key, T)` is `T *key`; `__uint(n, V)` is `int (*n)[V]`.
+                let pointee = |name: &str| self.get(self.resolve(member(name))).size_or_type;
+                let key = self.size(pointee("key"));
+                let value = self.size(pointee("value"));
+                let max_entries = self.get(pointee("max_entries")).array.expect("__uint array").1;
+                (var.name.clone(), (key, value, max_entries))
+            })
+            .collect()
+    }
+}
+
+fn btf() -> Btf {
+    Btf::parse(elf_section(SOCK_LB, ".BTF"))
+}
+
+// ---------------------------------------------------------------- tests --
+
+/// Size of a field, named by a projection closure.
+fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
+    size_of::<F>()
+}
+
+/// Checks one struct: size, and each field's name, offset and size, in
+/// declaration order, with nothing missing on either side.
+macro_rules! check_struct {
+    ($btf:expr, $c_name:literal, $rust:ty, [$($field:ident),+ $(,)?]) => {{
+        let c = $btf.struct_named($c_name);
+        assert_eq!(c.size_or_type as usize, size_of::<$rust>(), "sizeof(struct {})", $c_name);
+        let rust_fields: Vec<(&str, usize, usize)> = vec![
+            $((stringify!($field), offset_of!($rust, $field), field_size(|v: &$rust| &v.$field))),+
+        ];
+        let c_fields: Vec<(&str, usize, usize)> = c
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), (m.bit_offset / 8) as usize, $btf.size(m.type_id)))
+            .collect();
+        assert_eq!(c_fields, rust_fields, "fields (name, offset, size) of struct {}", $c_name);
+    }};
+}
+
+#[test]
+fn every_map_struct_matches_its_rust_mirror() {
+    let btf = btf();
+    check_struct!(btf, "lb4_key", Lb4Key, [address, dport, backend_slot, proto, scope, pad]);
+    check_struct!(btf, "lb6_key", Lb6Key, [address, dport, backend_slot, proto, scope, pad]);
+    check_struct!(btf, "lb_service", LbService, [backend_id, rev_nat_index, count, svc_type, flags]);
+    check_struct!(btf, "lb4_backend", Lb4Backend, [address, port, proto, flags]);
+    check_struct!(btf, "lb6_backend", Lb6Backend, [address, port, proto, flags]);
+    check_struct!(btf, "lb4_reverse_nat", Lb4ReverseNat, [address, port, pad]);
+    check_struct!(btf, "lb6_reverse_nat", Lb6ReverseNat, [address, port, pad]);
+    check_struct!(btf, "ipv4_revnat_tuple", Ipv4RevnatTuple, [cookie, address, port, pad]);
+    check_struct!(btf, "ipv4_revnat_entry", Ipv4RevnatEntry, [address, port, pad, rev_nat_index]);
+    check_struct!(btf, "ipv6_revnat_tuple", Ipv6RevnatTuple, [cookie, address, port, pad, pad2]);
+    check_struct!(btf, "ipv6_revnat_entry", Ipv6RevnatEntry, [address, port, pad, rev_nat_index]);
+}
+
+#[test]
+fn every_map_has_the_key_and_value_sizes_of_its_rust_types() {
+    let maps = btf().maps();
+    let expected: BTreeMap<String, (usize, usize, u32)> = [
+        (names::LB4_SERVICES, size_of::<Lb4Key>(), size_of::<LbService>(), defaults::SERVICE_ENTRIES),
+        (names::LB6_SERVICES, size_of::<Lb6Key>(), size_of::<LbService>(), defaults::SERVICE_ENTRIES),
+        (names::LB4_BACKENDS, size_of::<u32>(), size_of::<Lb4Backend>(), defaults::BACKEND_ENTRIES),
+        (names::LB6_BACKENDS, size_of::<u32>(), size_of::<Lb6Backend>(), defaults::BACKEND_ENTRIES),
+        (names::LB4_REVERSE_NAT, size_of::<u32>(), size_of::<Lb4ReverseNat>(), defaults::REVNAT_ENTRIES),
+        (names::LB6_REVERSE_NAT, size_of::<u32>(), size_of::<Lb6ReverseNat>(), defaults::REVNAT_ENTRIES),
+        (
+            names::LB4_REVERSE_SK,
+            size_of::<Ipv4RevnatTuple>(),
+            size_of::<Ipv4RevnatEntry>(),
+            defaults::SOCK_REVNAT_ENTRIES,
+        ),
+        (
+            names::LB6_REVERSE_SK,
+            size_of::<Ipv6RevnatTuple>(),
+            size_of::<Ipv6RevnatEntry>(),
+            defaults::SOCK_REVNAT_ENTRIES,
+        ),
+        (names::METRICS, size_of::<u32>(), size_of::<u64>(), metric::COUNT),
+    ]
+    .into_iter()
+    .map(|(name, k, v, n)| (name.to_string(), (k, v, n)))
+    .collect();
+    assert_eq!(maps, expected, "maps in sock_lb.o: name -> (key size, value size, default max_entries)");
+    let all: Vec<&str> = names::ALL.to_vec();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(maps.keys().map(String::as_str).collect::<Vec<_>>(), sorted, "names::ALL lists every map");
+}
+
+/// `enum axon_metric` itself is not in the BTF (only its enumerators are
+/// used), but `axon_metrics` is sized by `AXON_METRIC_MAX`, which the map test
+/// above compares with `metric::COUNT`; here the names must cover it.
+#[test]
+fn metric_names_cover_every_counter() {
+    assert_eq!(metric::NAMES.len(), metric::COUNT as usize);
+    assert_eq!(
+        [metric::SOCK_XLATE_FWD, metric::SOCK_XLATE_REV, metric::SOCK_NO_BACKEND, metric::SOCK_MISSING_SLOT],
+        [0, 1, 2, 3]
+    );
+}
