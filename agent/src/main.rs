@@ -1,1 +1,104 @@
-fn main() {}
+//! `axon-agent`: loads the datapath, restores the desired state from the
+//! embedded store, reconciles it into the pinned maps and serves the API
+//! until SIGTERM/SIGINT. Programs and maps stay pinned after it exits.
+
+use anyhow::Context;
+use axon_agent::api::{self, ApiState, StatusProvider};
+use axon_agent::config::{Config, Flags};
+use axon_agent::datapath::{self, Datapath, DatapathConfig};
+use axon_agent::service::{Limits, ServiceManager};
+use axon_agent::store::Store;
+use axon_api::Status;
+use clap::Parser;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let config = Config::from_flags(&flags)?;
+    init_logging(&config.log_level);
+    if flags.cleanup {
+        let report = datapath::cleanup(&config.bpffs_root).with_context(|| format!("cleaning up {}", config.bpffs_root.display()))?;
+        println!("{report}");
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(config))
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+struct DatapathStatus(Mutex<Datapath>);
+
+impl StatusProvider for DatapathStatus {
+    fn fill(&self, status: &mut Status) {
+        let dp = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let s = dp.status();
+        status.programs = s.programs;
+        status.maps = s.maps;
+        status.kernel = s.kernel;
+        status.counters = s.counters;
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dp_config = DatapathConfig {
+        bpffs_root: config.bpffs_root.clone(),
+        cgroup_root: config.cgroup_root.clone(),
+        service_entries: config.lb_service_map_max,
+        backend_entries: config.lb_backend_map_max,
+        rev_nat_entries: config.lb_revnat_map_max,
+        sock_revnat_entries: config.lb_sock_revnat_map_max,
+    };
+    let (dp, maps) = Datapath::load(&dp_config).context("loading the datapath")?;
+    let store = Store::open(&config.state_dir).context("opening the state store")?;
+    let limits = Limits { max_backends_per_service: config.max_backends_per_service };
+    let manager = ServiceManager::start(store, Box::new(maps), limits).context("restoring services")?;
+    let listener = api::bind(&config.api_socket)?;
+    let state = Arc::new(ApiState {
+        manager: Arc::new(Mutex::new(manager)),
+        status_provider: Box::new(DatapathStatus(Mutex::new(dp))),
+        status_template: Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            bpffs_root: config.bpffs_root.display().to_string(),
+            cgroup_root: config.cgroup_root.display().to_string(),
+            api_socket: config.api_socket.display().to_string(),
+            state_dir: config.state_dir.display().to_string(),
+            source: "embedded store".to_string(),
+            ..Status::default()
+        },
+        started,
+    });
+    info!(
+        socket = %config.api_socket.display(),
+        cgroup = %config.cgroup_root.display(),
+        bpffs = %config.bpffs_root.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "axon-agent ready"
+    );
+    api::serve(listener, state, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&config.api_socket);
+    info!("axon-agent stopped; programs and maps stay pinned and keep serving");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

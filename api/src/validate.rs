@@ -86,7 +86,9 @@ pub fn parse_ip(v: &Value, field: &str) -> Result<IpAddr, FieldError> {
 }
 
 fn parse_ip_str(s: &str) -> Result<IpAddr, String> {
-    let ip: IpAddr = s.trim().parse().map_err(|_| format!("invalid IP address {s:?}"))?;
+    // A v4-mapped IPv6 address (::ffff:a.b.c.d) is that IPv4 address: one
+    // service, one key, whichever socket family reaches it.
+    let ip: IpAddr = s.trim().parse::<IpAddr>().map_err(|_| format!("invalid IP address {s:?}"))?.to_canonical();
     if ip.is_unspecified() || ip.is_multicast() || matches!(ip, IpAddr::V4(v4) if v4.is_broadcast()) {
         return Err(format!("{ip} cannot be a service or backend address"));
     }

@@ -3,7 +3,7 @@
  * Every map Axon's programs share, and the layout of every key and value.
  *
  * This file is the kernel ABI between the datapath and the agent: each struct
- * here has a #[repr(C)] mirror in bpf/src/maps.rs, and tests/tests/layout.rs
+ * here has a #[repr(C)] mirror in bpf/src/maps.rs, and bpf/tests/layout.rs
  * proves from this object's BTF that sizes and field offsets agree. Padding is
  * always explicit so that a zeroed Rust value hashes like a zeroed C value.
  *
