@@ -305,12 +305,15 @@ impl ServiceManager {
         Ok(())
     }
 
-    /// No two services may share a frontend once the batch is applied.
+    /// No two services may share a frontend once the batch is applied. Costs
+    /// O(batch), not O(services): one PUT stays cheap with 100k present.
     fn check_frontends(&self, batch: &[Service], prefix: &dyn Fn(usize) -> String) -> Result<(), ServiceError> {
         let in_batch: HashSet<u32> = batch.iter().map(|s| s.id).collect();
-        let mut owners: HashMap<L4Addr, u32> = self.frontends.iter().filter(|(_, id)| !in_batch.contains(id)).map(|(fe, id)| (*fe, *id)).collect();
+        let mut batch_owners: HashMap<L4Addr, u32> = HashMap::with_capacity(batch.len());
         for (i, svc) in batch.iter().enumerate() {
-            if let Some(owner) = owners.insert(svc.frontend, svc.id) {
+            let taken_in_batch = batch_owners.insert(svc.frontend, svc.id);
+            let taken_outside = self.frontends.get(&svc.frontend).filter(|owner| **owner != svc.id && !in_batch.contains(owner));
+            if let Some(owner) = taken_in_batch.or(taken_outside.copied()) {
                 return Err(ServiceError::Conflict(FieldError::new(
                     field_of(&prefix(i), "frontend"),
                     format!("{} is already the frontend of service {owner}", svc.frontend),
