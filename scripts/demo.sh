@@ -30,7 +30,8 @@ STATE=""
 AGENT_LOG=""
 AGENT_PID=""
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
 die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces, cgroups and BPF need it)"
@@ -39,6 +40,10 @@ die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
 teardown() {
   local rc=$?
   set +e
+  if [ "$rc" -ne 0 ] && [ -s "$AGENT_LOG" ]; then
+    echo "--- last lines of the agent's log ---"
+    tail -n 20 "$AGENT_LOG"
+  fi
   step "Tearing the lab down"
   if [ -n "$AGENT_PID" ] && kill -0 "$AGENT_PID" 2>/dev/null; then
     kill -TERM "$AGENT_PID"
@@ -160,7 +165,7 @@ AGENT_LOG=$STATE/agent.log
 
 step "Starting axon-agent (socket-LB attached to $CGROUP only)"
 echo "axon-agent --bpffs-root $BPFFS --cgroup-root $CGROUP --api-socket $SOCK --state-dir $STATE"
-"$AGENT" --bpffs-root "$BPFFS" --cgroup-root "$CGROUP" --api-socket "$SOCK" --state-dir "$STATE" >"$AGENT_LOG" 2>&1 &
+NO_COLOR=1 "$AGENT" --bpffs-root "$BPFFS" --cgroup-root "$CGROUP" --api-socket "$SOCK" --state-dir "$STATE" >"$AGENT_LOG" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 100); do
   ctl status >/dev/null 2>&1 && break
@@ -168,7 +173,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 ctl status >/dev/null || { cat "$AGENT_LOG" >&2; die "axon-agent did not answer on $SOCK"; }
-echo "agent is up (pid $AGENT_PID, log $AGENT_LOG)"
+echo "agent is up (pid $AGENT_PID)"
 
 step "Declaring the ClusterIP service"
 show service update --id 1 --frontend "$VIP:$VPORT" \

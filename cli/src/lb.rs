@@ -74,37 +74,24 @@ pub fn frontends(dump: &LbMapsDump) -> Vec<LbFrontend> {
         .backends4
         .iter()
         .map(|(id, b)| (*id, l4(b.ip().into(), b.host_port(), b.proto)))
-        .chain(
-            dump.backends6
-                .iter()
-                .map(|(id, b)| (*id, l4(b.ip().into(), b.host_port(), b.proto))),
-        )
+        .chain(dump.backends6.iter().map(|(id, b)| (*id, l4(b.ip().into(), b.host_port(), b.proto))))
         .collect();
     let mut grouped: BTreeMap<FrontendKey, Vec<(u16, LbService)>> = BTreeMap::new();
     for (k, v) in &dump.services4 {
-        grouped
-            .entry((k.ip().into(), k.port(), k.proto, k.scope))
-            .or_default()
-            .push((k.backend_slot, *v));
+        grouped.entry((k.ip().into(), k.port(), k.proto, k.scope)).or_default().push((k.backend_slot, *v));
     }
     for (k, v) in &dump.services6 {
-        grouped
-            .entry((k.ip().into(), k.port(), k.proto, k.scope))
-            .or_default()
-            .push((k.backend_slot, *v));
+        grouped.entry((k.ip().into(), k.port(), k.proto, k.scope)).or_default().push((k.backend_slot, *v));
     }
     grouped
         .into_iter()
         .map(|((ip, port, proto, scope), mut entries)| {
             entries.sort_by_key(|(slot, _)| *slot);
-            let master = entries
-                .iter()
-                .find(|(slot, _)| *slot == 0)
-                .map(|(_, v)| LbMaster {
-                    rev_nat_id: v.rev_nat_index,
-                    count: v.count,
-                    svc_type: type_name(v.svc_type),
-                });
+            let master = entries.iter().find(|(slot, _)| *slot == 0).map(|(_, v)| LbMaster {
+                rev_nat_id: v.rev_nat_index,
+                count: v.count,
+                svc_type: type_name(v.svc_type),
+            });
             let slots = entries
                 .iter()
                 .filter(|(slot, _)| *slot != 0)
@@ -115,12 +102,7 @@ pub fn frontends(dump: &LbMapsDump) -> Vec<LbFrontend> {
                     backend: backends.get(&v.backend_id).cloned(),
                 })
                 .collect();
-            LbFrontend {
-                frontend: l4(ip, port, proto),
-                internal_scope: scope == SCOPE_INTERNAL,
-                master,
-                slots,
-            }
+            LbFrontend { frontend: l4(ip, port, proto), internal_scope: scope == SCOPE_INTERNAL, master, slots }
         })
         .collect()
 }
@@ -139,25 +121,13 @@ pub fn rows(frontends: &[LbFrontend]) -> Vec<Vec<String>> {
     for fe in frontends {
         let mut cells = Vec::new();
         if let Some(m) = &fe.master {
-            cells.push(format!(
-                "{} ({}) (0) [{}]",
-                zero_addr(&fe.frontend),
-                m.rev_nat_id,
-                m.svc_type
-            ));
+            cells.push(format!("{} ({}) (0) [{}]", zero_addr(&fe.frontend), m.rev_nat_id, m.svc_type));
         }
         for s in &fe.slots {
-            let backend = s
-                .backend
-                .clone()
-                .unwrap_or_else(|| format!("<missing backend id {}>", s.backend_id));
+            let backend = s.backend.clone().unwrap_or_else(|| format!("<missing backend id {}>", s.backend_id));
             cells.push(format!("{backend} ({}) ({})", s.rev_nat_id, s.slot));
         }
-        let name = if fe.internal_scope {
-            format!("{}/i", fe.frontend)
-        } else {
-            fe.frontend.clone()
-        };
+        let name = if fe.internal_scope { format!("{}/i", fe.frontend) } else { fe.frontend.clone() };
         for (i, cell) in cells.into_iter().enumerate() {
             let first = if i == 0 { name.clone() } else { String::new() };
             rows.push(vec![first, cell]);
@@ -174,7 +144,7 @@ pub fn list(bpffs_root: &Path, output: Output) -> Result<()> {
     let dump = read_lb_maps(bpffs_root)?;
     let fes = frontends(&dump);
     match output {
-        Output::Table => print!("{}", render(&fes)),
+        Output::Table => crate::emit(&render(&fes))?,
         Output::Json => crate::print_json(&fes)?,
     }
     Ok(())
@@ -187,23 +157,11 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn master(rev_nat: u32, count: u16) -> LbService {
-        LbService {
-            backend_id: 0,
-            rev_nat_index: rev_nat,
-            count,
-            svc_type: svc_type::CLUSTER_IP,
-            flags: 0,
-        }
+        LbService { backend_id: 0, rev_nat_index: rev_nat, count, svc_type: svc_type::CLUSTER_IP, flags: 0 }
     }
 
     fn slot(rev_nat: u32, backend_id: u32) -> LbService {
-        LbService {
-            backend_id,
-            rev_nat_index: rev_nat,
-            count: 0,
-            svc_type: svc_type::CLUSTER_IP,
-            flags: 0,
-        }
+        LbService { backend_id, rev_nat_index: rev_nat, count: 0, svc_type: svc_type::CLUSTER_IP, flags: 0 }
     }
 
     #[test]
@@ -220,10 +178,7 @@ mod tests {
                 (Lb4Key::new(vip_a, 80, 6, 0), master(1, 2)),
                 (Lb4Key::new(vip_a, 80, 6, 1), slot(1, 10)),
             ],
-            services6: vec![
-                (Lb6Key::new(vip6, 80, 6, 1), slot(3, 99)),
-                (Lb6Key::new(vip6, 80, 6, 0), master(3, 1)),
-            ],
+            services6: vec![(Lb6Key::new(vip6, 80, 6, 1), slot(3, 99)), (Lb6Key::new(vip6, 80, 6, 0), master(3, 1))],
             backends4: vec![
                 (10, Lb4Backend::new(Ipv4Addr::new(10, 0, 0, 2), 8080, 6, 0)),
                 (11, Lb4Backend::new(Ipv4Addr::new(10, 0, 0, 3), 8080, 6, 0)),

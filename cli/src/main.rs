@@ -14,27 +14,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "agentctl",
-    version,
-    about = "Command line for the Axon agent and its BPF maps"
-)]
+#[command(name = "agentctl", version, about = "Command line for the Axon agent and its BPF maps")]
 struct Cli {
     /// The agent's API socket.
-    #[arg(
-        long,
-        global = true,
-        env = "AXON_API_SOCKET",
-        default_value = "/run/axon/agent.sock"
-    )]
+    #[arg(long, global = true, env = "AXON_API_SOCKET", default_value = "/run/axon/agent.sock")]
     socket: PathBuf,
     /// The agent's bpffs directory (where its maps and links are pinned).
-    #[arg(
-        long,
-        global = true,
-        env = "AXON_BPFFS_ROOT",
-        default_value = "/sys/fs/bpf/axon"
-    )]
+    #[arg(long, global = true, env = "AXON_BPFFS_ROOT", default_value = "/sys/fs/bpf/axon")]
     bpffs_root: PathBuf,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -94,13 +80,22 @@ enum LbCmd {
     List,
 }
 
+/// Writes `text` to stdout. A reader that went away (`agentctl ... | head`)
+/// is not an error: there is nobody left to tell.
+pub fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to standard output"),
+        _ => Ok(()),
+    }
+}
+
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<()> {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).context("encoding JSON")?
-    );
-    Ok(())
+    let mut text = serde_json::to_string_pretty(value).context("encoding JSON")?;
+    text.push('\n');
+    emit(&text)
 }
 
 /// A current-thread runtime: the CLI makes one request at a time.
@@ -157,9 +152,7 @@ fn error_line(err: &anyhow::Error) -> String {
 fn os_message(e: &std::io::Error) -> String {
     let text = e.to_string();
     match e.raw_os_error() {
-        Some(code) => text
-            .trim_end_matches(&format!(" (os error {code})"))
-            .to_string(),
+        Some(code) => text.trim_end_matches(&format!(" (os error {code})")).to_string(),
         None => text,
     }
 }
@@ -192,21 +185,17 @@ mod tests {
             source: std::io::Error::from_raw_os_error(2), // ENOENT
         };
         let line = error_line(&anyhow::Error::new(err));
-        assert_eq!(line, "cannot reach the axon agent at /run/axon/agent.sock: No such file or directory (is axon-agent running?)");
+        assert_eq!(
+            line,
+            "cannot reach the axon agent at /run/axon/agent.sock: No such file or directory (is axon-agent running?)"
+        );
     }
 
     #[test]
     fn global_flags_parse_anywhere() {
-        let cli = Cli::try_parse_from([
-            "agentctl", "service", "list", "-o", "json", "--socket", "/tmp/s",
-        ])
-        .unwrap();
-        assert_eq!(
-            (cli.output, cli.socket),
-            (Output::Json, PathBuf::from("/tmp/s"))
-        );
-        let cli =
-            Cli::try_parse_from(["agentctl", "--bpffs-root", "/x", "bpf", "lb", "list"]).unwrap();
+        let cli = Cli::try_parse_from(["agentctl", "service", "list", "-o", "json", "--socket", "/tmp/s"]).unwrap();
+        assert_eq!((cli.output, cli.socket), (Output::Json, PathBuf::from("/tmp/s")));
+        let cli = Cli::try_parse_from(["agentctl", "--bpffs-root", "/x", "bpf", "lb", "list"]).unwrap();
         assert_eq!(cli.bpffs_root, PathBuf::from("/x"));
     }
 }

@@ -16,21 +16,13 @@ pub fn rows(services: &[Service]) -> Vec<Vec<String>> {
     sorted.sort_by_key(|s| s.id);
     let mut rows = Vec::new();
     for svc in sorted {
-        let mut backends = svc.backends.iter().enumerate().map(|(i, b)| {
-            format!(
-                "{} => {} ({})",
-                i + 1,
-                svc.backend_addr(b),
-                b.state.as_str()
-            )
-        });
+        let mut backends = svc
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{} => {} ({})", i + 1, svc.backend_addr(b), b.state.as_str()));
         let first = backends.next().unwrap_or_default();
-        rows.push(vec![
-            svc.id.to_string(),
-            svc.frontend.to_string(),
-            svc.svc_type.to_string(),
-            first,
-        ]);
+        rows.push(vec![svc.id.to_string(), svc.frontend.to_string(), svc.svc_type.to_string(), first]);
         rows.extend(backends.map(|b| vec![String::new(), String::new(), String::new(), b]));
     }
     rows
@@ -42,7 +34,7 @@ pub fn render(services: &[Service]) -> String {
 
 fn print_services(services: &[Service], output: Output) -> Result<()> {
     match output {
-        Output::Table => print!("{}", render(services)),
+        Output::Table => crate::emit(&render(services))?,
         Output::Json => crate::print_json(&services)?,
     }
     Ok(())
@@ -57,7 +49,7 @@ pub async fn get(client: &Client, id: &str, output: Output) -> Result<()> {
     let id = spec::parse_id_arg(id, "ID")?;
     let svc = client.get_service(id).await?;
     match output {
-        Output::Table => print!("{}", render(std::slice::from_ref(&svc))),
+        Output::Table => crate::emit(&render(std::slice::from_ref(&svc)))?,
         Output::Json => crate::print_json(&svc)?,
     }
     Ok(())
@@ -67,7 +59,7 @@ pub async fn delete(client: &Client, id: &str, output: Output) -> Result<()> {
     let id = spec::parse_id_arg(id, "ID")?;
     let svc = client.delete_service(id).await?;
     match output {
-        Output::Table => println!("Deleted service {} ({})", svc.id, svc.frontend),
+        Output::Table => crate::emit(&format!("Deleted service {} ({})\n", svc.id, svc.frontend))?,
         Output::Json => crate::print_json(&svc)?,
     }
     Ok(())
@@ -95,10 +87,7 @@ mod tests {
             id,
             name: None,
             frontend: L4Addr::new(frontend.parse().unwrap(), 80, proto),
-            backends: backends
-                .iter()
-                .map(|b| Backend::new(b.parse().unwrap(), 8080))
-                .collect(),
+            backends: backends.iter().map(|b| Backend::new(b.parse().unwrap(), 8080)).collect(),
             svc_type: ServiceType::ClusterIP,
         }
     }
@@ -107,12 +96,7 @@ mod tests {
     fn continuation_rows_number_backends_and_services_sort_by_id() {
         let services = vec![
             svc(2, "fd00::10", Protocol::Udp, &["fd00::2"]),
-            svc(
-                1,
-                "10.96.0.10",
-                Protocol::Tcp,
-                &["10.0.0.2", "10.0.0.3", "10.0.0.4"],
-            ),
+            svc(1, "10.96.0.10", Protocol::Tcp, &["10.0.0.2", "10.0.0.3", "10.0.0.4"]),
         ];
         let expected = "\
 ID   Frontend            Service Type   Backend
@@ -127,10 +111,7 @@ ID   Frontend            Service Type   Backend
     #[test]
     fn a_service_without_backends_is_one_row() {
         let out = render(&[svc(7, "10.96.0.11", Protocol::Tcp, &[])]);
-        assert_eq!(
-            out,
-            "ID   Frontend            Service Type   Backend\n7    10.96.0.11:80/TCP   ClusterIP\n"
-        );
+        assert_eq!(out, "ID   Frontend            Service Type   Backend\n7    10.96.0.11:80/TCP   ClusterIP\n");
     }
 
     #[test]

@@ -31,10 +31,7 @@ pub struct UpdateArgs {
 
 /// A service id given on the command line; `what` names the argument in errors.
 pub fn parse_id_arg(s: &str, what: &str) -> Result<u32> {
-    let n: i64 = s
-        .trim()
-        .parse()
-        .map_err(|_| anyhow!("{what}: invalid service id {s:?}"))?;
+    let n: i64 = s.trim().parse().map_err(|_| anyhow!("{what}: invalid service id {s:?}"))?;
     validate::check_id(n).map_err(|m| anyhow!("{what}: {m}"))
 }
 
@@ -50,20 +47,10 @@ pub fn parse_backends_arg(s: &str) -> Result<Vec<Backend>, String> {
 /// The service `update` describes, checked exactly as the agent will check it.
 pub fn from_flags(args: &UpdateArgs) -> Result<(u32, ServiceSpec)> {
     let id = parse_id_arg(&args.id, "--id")?;
-    let frontend = validate::parse_frontend_arg(args.frontend.trim())
-        .map_err(|m| anyhow!("--frontend: {m}"))?;
+    let frontend = validate::parse_frontend_arg(args.frontend.trim()).map_err(|m| anyhow!("--frontend: {m}"))?;
     let backends = parse_backends_arg(&args.backends).map_err(|m| anyhow!("--backends: {m}"))?;
-    let svc_type: ServiceType = args
-        .svc_type
-        .parse()
-        .map_err(|m: String| anyhow!("--type: {m}"))?;
-    let spec = ServiceSpec {
-        id: Some(id),
-        name: args.name.clone(),
-        frontend,
-        backends,
-        svc_type,
-    };
+    let svc_type: ServiceType = args.svc_type.parse().map_err(|m: String| anyhow!("--type: {m}"))?;
+    let spec = ServiceSpec { id: Some(id), name: args.name.clone(), frontend, backends, svc_type };
     // The whole-service rules (name syntax, one address family, no duplicate
     // backend) live in the API crate; run them on the wire form so the CLI
     // can never accept what the agent would refuse.
@@ -93,12 +80,7 @@ pub enum Format {
 
 /// The format a file's extension promises, if any.
 pub fn format_from_path(path: &str) -> Option<Format> {
-    match Path::new(path)
-        .extension()?
-        .to_str()?
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    match Path::new(path).extension()?.to_str()?.to_ascii_lowercase().as_str() {
         "json" => Some(Format::Json),
         "yaml" | "yml" => Some(Format::Yaml),
         _ => None,
@@ -117,12 +99,8 @@ pub fn sniff_format(text: &str) -> Format {
 /// source and the field (`services.yaml: services[1].frontend.port: ...`).
 pub fn specs_from_document(text: &str, format: Format, source: &str) -> Result<Vec<ServiceSpec>> {
     let value: Value = match format {
-        Format::Json => {
-            serde_json::from_str(text).map_err(|e| anyhow!("{source}: invalid JSON: {e}"))?
-        }
-        Format::Yaml => {
-            serde_yaml::from_str(text).map_err(|e| anyhow!("{source}: invalid YAML: {e}"))?
-        }
+        Format::Json => serde_json::from_str(text).map_err(|e| anyhow!("{source}: invalid JSON: {e}"))?,
+        Format::Yaml => serde_yaml::from_str(text).map_err(|e| anyhow!("{source}: invalid YAML: {e}"))?,
     };
     if value.is_null() {
         bail!("{source}: the document is empty (expected {{\"services\": [...]}} or a list of services)");
@@ -134,9 +112,7 @@ pub fn specs_from_document(text: &str, format: Format, source: &str) -> Result<V
 pub fn read_apply_file(path: &str) -> Result<Vec<ServiceSpec>> {
     let (text, source) = if path == "-" {
         let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading standard input")?;
+        std::io::stdin().read_to_string(&mut text).context("reading standard input")?;
         (text, "<stdin>".to_string())
     } else {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
@@ -166,16 +142,11 @@ mod tests {
 
     #[test]
     fn flags_become_a_spec() {
-        let (id, spec) =
-            from_flags(&args("10.96.0.10:80/udp", "10.0.0.2:53, 10.0.0.3:53")).unwrap();
+        let (id, spec) = from_flags(&args("10.96.0.10:80/udp", "10.0.0.2:53, 10.0.0.3:53")).unwrap();
         assert_eq!(id, 1);
         assert_eq!(spec.frontend.to_string(), "10.96.0.10:80/UDP");
         assert_eq!(spec.backends.len(), 2);
-        assert!(from_flags(&args("10.96.0.10:80", ""))
-            .unwrap()
-            .1
-            .backends
-            .is_empty());
+        assert!(from_flags(&args("10.96.0.10:80", "")).unwrap().1.backends.is_empty());
     }
 
     #[test]
@@ -183,8 +154,7 @@ mod tests {
         assert!(err(&args("10.96.0.10:0", "")).starts_with("--frontend: port must be"));
         assert!(err(&args("10.96.0.10:80", "10.0.0.2:x")).starts_with("--backends: invalid port"));
         assert!(err(&args("10.96.0.10:80", "fd00::2:80")).starts_with("--backends:"));
-        assert!(err(&args("10.96.0.10:80", "10.0.0.2:80,10.0.0.2:80"))
-            .starts_with("--backends: duplicate backend"));
+        assert!(err(&args("10.96.0.10:80", "10.0.0.2:80,10.0.0.2:80")).starts_with("--backends: duplicate backend"));
         let mut a = args("10.96.0.10:80", "");
         a.svc_type = "NodePort".into();
         assert!(err(&a).starts_with("--type:"));
@@ -203,10 +173,7 @@ mod tests {
         assert_eq!((specs[0].id, specs[0].backends.len()), (Some(3), 1));
         let json = r#"[{"frontend": {"address": "10.96.0.4", "port": 80}}]"#;
         assert_eq!(sniff_format(json), Format::Json);
-        assert_eq!(
-            specs_from_document(json, Format::Json, "f").unwrap().len(),
-            1
-        );
+        assert_eq!(specs_from_document(json, Format::Json, "f").unwrap().len(), 1);
         assert_eq!(format_from_path("x.YML"), Some(Format::Yaml));
         assert_eq!(format_from_path("-"), None);
     }
@@ -214,13 +181,9 @@ mod tests {
     #[test]
     fn document_errors_name_source_and_field() {
         let yaml = "- frontend: {address: 10.96.0.3, port: 70000}\n";
-        let e = specs_from_document(yaml, Format::Yaml, "svc.yaml")
-            .unwrap_err()
-            .to_string();
+        let e = specs_from_document(yaml, Format::Yaml, "svc.yaml").unwrap_err().to_string();
         assert!(e.starts_with("svc.yaml: services[0].frontend.port:"), "{e}");
-        let e = specs_from_document("{", Format::Json, "svc.json")
-            .unwrap_err()
-            .to_string();
+        let e = specs_from_document("{", Format::Json, "svc.json").unwrap_err().to_string();
         assert!(e.starts_with("svc.json: invalid JSON"), "{e}");
         assert!(specs_from_document("", Format::Yaml, "e.yaml").is_err());
     }

@@ -8,12 +8,7 @@ use std::fmt::Write;
 
 /// `3723` → `1h2m3s`.
 pub fn format_uptime(seconds: u64) -> String {
-    let (d, h, m, s) = (
-        seconds / 86_400,
-        seconds / 3_600 % 24,
-        seconds / 60 % 60,
-        seconds % 60,
-    );
+    let (d, h, m, s) = (seconds / 86_400, seconds / 3_600 % 24, seconds / 60 % 60, seconds % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
         (0, 0, _) => format!("{m}m{s}s"),
@@ -36,30 +31,13 @@ fn indented(text: &str) -> String {
 
 /// The whole summary; `client_version` is agentctl's own.
 pub fn render(st: &Status, client_version: &str) -> String {
-    let features = st
-        .kernel
-        .features
-        .iter()
-        .map(|(k, v)| format!("{k}={}", yes_no(*v)))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let features = st.kernel.features.iter().map(|(k, v)| format!("{k}={}", yes_no(*v))).collect::<Vec<_>>().join(" ");
     let head: Vec<Vec<String>> = [
         ("agentctl:", client_version.to_string()),
-        (
-            "Axon agent:",
-            format!("{} (up {})", st.version, format_uptime(st.uptime_seconds)),
-        ),
-        (
-            "Kernel:",
-            format!("{} {features}", st.kernel.release)
-                .trim_end()
-                .to_string(),
-        ),
+        ("Axon agent:", format!("{} (up {})", st.version, format_uptime(st.uptime_seconds))),
+        ("Kernel:", format!("{} {features}", st.kernel.release).trim_end().to_string()),
         ("Service source:", st.source.clone()),
-        (
-            "Services:",
-            format!("{} services, {} backends", st.services, st.backends),
-        ),
+        ("Services:", format!("{} services, {} backends", st.services, st.backends)),
         ("API socket:", st.api_socket.clone()),
         ("BPF fs root:", st.bpffs_root.clone()),
         ("Cgroup root:", st.cgroup_root.clone()),
@@ -75,51 +53,26 @@ pub fn render(st: &Status, client_version: &str) -> String {
         .programs
         .iter()
         .map(|p| {
-            let id = p
-                .program_id
-                .map(|i| i.to_string())
-                .unwrap_or_else(|| "-".into());
-            vec![
-                p.name.clone(),
-                p.attach_type.clone(),
-                p.attached_to.clone(),
-                id,
-                p.link_pin.clone(),
-            ]
+            let id = p.program_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+            vec![p.name.clone(), p.attach_type.clone(), p.attached_to.clone(), id, p.link_pin.clone()]
         })
         .collect();
     let _ = writeln!(out, "Programs: {} attached", st.programs.len());
     if !programs.is_empty() {
-        out.push_str(&indented(&table::render(
-            &["PROGRAM", "HOOK", "CGROUP", "ID", "LINK PIN"],
-            &programs,
-        )));
+        out.push_str(&indented(&table::render(&["PROGRAM", "HOOK", "CGROUP", "ID", "LINK PIN"], &programs)));
     }
 
     let maps: Vec<Vec<String>> = st
         .maps
         .iter()
-        .map(|m| {
-            vec![
-                m.name.clone(),
-                format!("{}/{}", m.entries, m.max_entries),
-                m.pin.clone(),
-            ]
-        })
+        .map(|m| vec![m.name.clone(), format!("{}/{}", m.entries, m.max_entries), m.pin.clone()])
         .collect();
     let _ = writeln!(out, "Maps: {}", st.maps.len());
     if !maps.is_empty() {
-        out.push_str(&indented(&table::render(
-            &["MAP", "ENTRIES/MAX", "PIN"],
-            &maps,
-        )));
+        out.push_str(&indented(&table::render(&["MAP", "ENTRIES/MAX", "PIN"], &maps)));
     }
 
-    let counters: Vec<Vec<String>> = st
-        .counters
-        .iter()
-        .map(|(k, v)| vec![k.clone(), v.to_string()])
-        .collect();
+    let counters: Vec<Vec<String>> = st.counters.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
     let _ = writeln!(out, "Counters:");
     if !counters.is_empty() {
         out.push_str(&indented(&table::render(&["COUNTER", "VALUE"], &counters)));
@@ -130,7 +83,7 @@ pub fn render(st: &Status, client_version: &str) -> String {
 pub async fn show(client: &Client, output: Output) -> Result<()> {
     let st = client.status().await?;
     match output {
-        Output::Table => print!("{}", render(&st, env!("CARGO_PKG_VERSION"))),
+        Output::Table => crate::emit(&render(&st, env!("CARGO_PKG_VERSION")))?,
         Output::Json => crate::print_json(&st)?,
     }
     Ok(())
@@ -181,21 +134,15 @@ mod tests {
             counters: [("sock_xlate_fwd".to_string(), 30)].into_iter().collect(),
         };
         let out = render(&st, "0.1.0");
-        assert!(
-            out.starts_with("agentctl:         0.1.0\nAxon agent:       0.1.0 (up 1m1s)\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("Kernel:           6.18.0 bpf_link=yes\n"),
-            "{out}"
-        );
-        assert!(out.contains("  sock4_connect   cgroup/connect4   /sys/fs/cgroup/unified   42   /sys/fs/bpf/axon/links/connect4\n"), "{out}");
+        assert!(out.starts_with("agentctl:         0.1.0\nAxon agent:       0.1.0 (up 1m1s)\n"), "{out}");
+        assert!(out.contains("Kernel:           6.18.0 bpf_link=yes\n"), "{out}");
         assert!(
             out.contains(
-                "  axon_lb4_services   4/65536       /sys/fs/bpf/axon/maps/axon_lb4_services\n"
+                "  sock4_connect   cgroup/connect4   /sys/fs/cgroup/unified   42   /sys/fs/bpf/axon/links/connect4\n"
             ),
             "{out}"
         );
+        assert!(out.contains("  axon_lb4_services   4/65536       /sys/fs/bpf/axon/maps/axon_lb4_services\n"), "{out}");
         assert!(out.contains("  sock_xlate_fwd   30\n"), "{out}");
     }
 }
