@@ -241,12 +241,14 @@ impl Agent {
 
     /// A raw request: status code and body (JSON when it parses, else a string).
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, serde_json::Value)> {
-        let method = Method::from_bytes(method.as_bytes()).map_err(|e| LabError::Setup(format!("method {method}: {e}")))?;
+        let method =
+            Method::from_bytes(method.as_bytes()).map_err(|e| LabError::Setup(format!("method {method}: {e}")))?;
         let (status, bytes) = self
             .rt
             .block_on(self.api.request(method, path, body.map(|b| b.as_bytes().to_vec())))
             .map_err(|e| self.error(format!("request {path}: {e}")))?;
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Ok((status.as_u16(), body))
     }
 
@@ -280,7 +282,8 @@ impl Agent {
 
     /// Every entry of the pinned LB maps, read straight from bpffs.
     pub fn lb_maps(&self) -> Result<axon_bpf::pinned::LbMapsDump> {
-        axon_bpf::pinned::read_lb_maps(&self.bpffs_root).map_err(|e| LabError::Setup(format!("reading pinned maps: {e}")))
+        axon_bpf::pinned::read_lb_maps(&self.bpffs_root)
+            .map_err(|e| LabError::Setup(format!("reading pinned maps: {e}")))
     }
 
     /// `agentctl --socket <sock> --bpffs-root <dir> <args>`.

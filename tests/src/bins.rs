@@ -40,9 +40,24 @@ pub fn unique_id() -> String {
 /// Keeps `[a-z0-9]`, maps the rest to `_`, and bounds the length: a label
 /// that is safe in file names.
 pub fn sanitize_label(label: &str) -> String {
-    label
-        .chars()
-        .take(24)
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
-        .collect()
+    label.chars().take(24).map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_says_how_to_build_it() {
+        let e = binary("no-such-axon-binary").expect_err("missing");
+        assert!(e.to_string().contains("cargo build --workspace"), "{e}");
+    }
+
+    #[test]
+    fn unique_ids_carry_the_pid_and_differ() {
+        let (a, b) = (unique_id(), unique_id());
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("axt-{}-", std::process::id())));
+        assert_eq!(sanitize_label("Web/UDP v6"), "web_udp_v6");
+    }
 }

@@ -137,7 +137,8 @@ impl Lab {
 
     /// Like [`Lab::tcp`], sending `bytes` bytes on each connection and checking the echo.
     pub fn tcp_echo(&self, addr: SocketAddr, count: u32, bytes: usize) -> Result<Vec<Attempt>> {
-        let args = strings(&["tcp", &addr.to_string(), "--count", &count.to_string(), "--send-bytes", &bytes.to_string()]);
+        let args =
+            strings(&["tcp", &addr.to_string(), "--count", &count.to_string(), "--send-bytes", &bytes.to_string()]);
         self.run_client(&args, Duration::from_secs(10 + u64::from(count)))?.attempts()
     }
 

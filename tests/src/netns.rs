@@ -61,7 +61,10 @@ impl Netns {
     pub fn enter_current_thread(&self) -> Result<()> {
         // SAFETY: setns on a valid namespace fd; affects only the calling thread.
         if unsafe { libc::setns(self.fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(LabError::io(format!("entering network namespace {}", self.label), std::io::Error::last_os_error()));
+            return Err(LabError::io(
+                format!("entering network namespace {}", self.label),
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
@@ -93,7 +96,8 @@ impl Netns {
                 .build()
                 .map_err(|e| nl_err(format!("tokio runtime: {e}")))?;
             rt.block_on(async {
-                let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| nl_err(format!("netlink socket: {e}")))?;
+                let (conn, handle, _) =
+                    rtnetlink::new_connection().map_err(|e| nl_err(format!("netlink socket: {e}")))?;
                 let conn_task = tokio::spawn(conn);
                 let out = f(handle).await.map_err(|e| nl_err(e.to_string()));
                 conn_task.abort();

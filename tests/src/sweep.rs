@@ -42,7 +42,9 @@ fn stale_entries(dir: &Path) -> Vec<PathBuf> {
     };
     entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_str().and_then(owner_pid).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()))
+        .filter(|e| {
+            e.file_name().to_str().and_then(owner_pid).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
         .map(|e| e.path())
         .collect()
 }

@@ -25,7 +25,8 @@ fn fe(address: &str, port: Value, protocol: &str) -> Value {
 }
 
 fn backends_json(n: usize) -> Value {
-    let list: Vec<Value> = (0..n).map(|i| json!({"address": format!("10.78.{}.{}", i / 250, i % 250 + 1), "port": 8080})).collect();
+    let list: Vec<Value> =
+        (0..n).map(|i| json!({"address": format!("10.78.{}.{}", i / 250, i % 250 + 1), "port": 8080})).collect();
     Value::Array(list)
 }
 
@@ -45,7 +46,9 @@ fn bad_input_is_rejected_with_the_field_named_and_changes_nothing() {
     let _servers = lab.serve_all(BACKEND_PORT).expect("servers");
     let agent = lab.start_agent().expect("agent");
     let vip = addr("10.96.0.10:80");
-    let existing = agent.create_service(&spec("default/web", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT))).expect("create");
+    let existing = agent
+        .create_service(&spec("default/web", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT)))
+        .expect("create");
     let good_backends = json!([{"address": "10.77.0.11", "port": 8080}]);
     let svc = paths::SERVICES;
     let this = paths::service(existing.id);
@@ -57,18 +60,95 @@ fn bad_input_is_rejected_with_the_field_named_and_changes_nothing() {
 
     // (what, method, path, body, expected status, field the answer must name)
     let cases: Vec<Case> = vec![
-        ("bad frontend IP", "POST", svc.into(), Some(body(fe("10.96.0.300", json!(80), "TCP"), good_backends.clone())), 400, Some("frontend.address")),
-        ("frontend port 0", "POST", svc.into(), Some(body(fe("10.96.0.11", json!(0), "TCP"), good_backends.clone())), 400, Some("frontend.port")),
-        ("frontend port 65536", "POST", svc.into(), Some(body(fe("10.96.0.11", json!(65536), "TCP"), good_backends.clone())), 400, Some("frontend.port")),
-        ("unknown protocol", "POST", svc.into(), Some(body(fe("10.96.0.11", json!(80), "SCTP"), good_backends.clone())), 400, Some("frontend.protocol")),
-        ("bad backend IP", "POST", svc.into(), Some(body(fe("10.96.0.11", json!(80), "TCP"), json!([{"address": "10.77.0", "port": 8080}]))), 400, Some("backends[0].address")),
-        ("backend port 0", "POST", svc.into(), Some(body(fe("10.96.0.11", json!(80), "TCP"), json!([{"address": "10.77.0.11", "port": 0}]))), 400, Some("backends[0].port")),
-        ("unknown type", "POST", svc.into(), Some(json!({"frontend": fe("10.96.0.11", json!(80), "TCP"), "type": "Mesh"}).to_string()), 400, Some("type")),
+        (
+            "bad frontend IP",
+            "POST",
+            svc.into(),
+            Some(body(fe("10.96.0.300", json!(80), "TCP"), good_backends.clone())),
+            400,
+            Some("frontend.address"),
+        ),
+        (
+            "frontend port 0",
+            "POST",
+            svc.into(),
+            Some(body(fe("10.96.0.11", json!(0), "TCP"), good_backends.clone())),
+            400,
+            Some("frontend.port"),
+        ),
+        (
+            "frontend port 65536",
+            "POST",
+            svc.into(),
+            Some(body(fe("10.96.0.11", json!(65536), "TCP"), good_backends.clone())),
+            400,
+            Some("frontend.port"),
+        ),
+        (
+            "unknown protocol",
+            "POST",
+            svc.into(),
+            Some(body(fe("10.96.0.11", json!(80), "SCTP"), good_backends.clone())),
+            400,
+            Some("frontend.protocol"),
+        ),
+        (
+            "bad backend IP",
+            "POST",
+            svc.into(),
+            Some(body(fe("10.96.0.11", json!(80), "TCP"), json!([{"address": "10.77.0", "port": 8080}]))),
+            400,
+            Some("backends[0].address"),
+        ),
+        (
+            "backend port 0",
+            "POST",
+            svc.into(),
+            Some(body(fe("10.96.0.11", json!(80), "TCP"), json!([{"address": "10.77.0.11", "port": 0}]))),
+            400,
+            Some("backends[0].port"),
+        ),
+        (
+            "unknown type",
+            "POST",
+            svc.into(),
+            Some(json!({"frontend": fe("10.96.0.11", json!(80), "TCP"), "type": "Mesh"}).to_string()),
+            400,
+            Some("type"),
+        ),
         ("malformed JSON", "POST", svc.into(), Some("{\"frontend\":".into()), 400, None),
-        ("duplicate frontend", "POST", svc.into(), Some(body(fe("10.96.0.10", json!(80), "TCP"), good_backends.clone())), 409, Some("frontend")),
-        ("too many backends", "POST", svc.into(), Some(body(fe("10.96.0.11", json!(80), "TCP"), backends_json(4097))), 400, Some("backends")),
-        ("invalid replacement", "PUT", this.clone(), Some(body(fe("10.96.0.10", json!(0), "TCP"), good_backends.clone())), 400, Some("frontend.port")),
-        ("bulk with one bad service", "POST", paths::APPLY.into(), Some(apply_body), 400, Some("services[1].frontend.port")),
+        (
+            "duplicate frontend",
+            "POST",
+            svc.into(),
+            Some(body(fe("10.96.0.10", json!(80), "TCP"), good_backends.clone())),
+            409,
+            Some("frontend"),
+        ),
+        (
+            "too many backends",
+            "POST",
+            svc.into(),
+            Some(body(fe("10.96.0.11", json!(80), "TCP"), backends_json(4097))),
+            400,
+            Some("backends"),
+        ),
+        (
+            "invalid replacement",
+            "PUT",
+            this.clone(),
+            Some(body(fe("10.96.0.10", json!(0), "TCP"), good_backends.clone())),
+            400,
+            Some("frontend.port"),
+        ),
+        (
+            "bulk with one bad service",
+            "POST",
+            paths::APPLY.into(),
+            Some(apply_body),
+            400,
+            Some("services[1].frontend.port"),
+        ),
         ("get unknown id", "GET", paths::service(999), None, 404, None),
         ("delete unknown id", "DELETE", paths::service(999), None, 404, None),
         ("id that is not a number", "GET", format!("{svc}/abc"), None, 400, None),
@@ -130,7 +210,10 @@ fn services_can_be_created_read_replaced_listed_and_deleted() {
     assert_spread(&lab.tcp(vip, 10).expect("tcp"), &["backend-2"], "after replace");
 
     let bulk = agent
-        .apply(vec![spec("default/a", addr("10.96.1.1:80"), Protocol::Tcp, &b), spec("default/b", addr("10.96.1.2:53"), Protocol::Udp, &b)])
+        .apply(vec![
+            spec("default/a", addr("10.96.1.1:80"), Protocol::Tcp, &b),
+            spec("default/b", addr("10.96.1.2:53"), Protocol::Udp, &b),
+        ])
         .expect("apply");
     assert_eq!(bulk.len(), 2);
     let mut ids: Vec<u32> = agent.list_services().expect("list").iter().map(|s| s.id).collect();
@@ -150,4 +233,22 @@ fn services_can_be_created_read_replaced_listed_and_deleted() {
     assert_eq!(status, 404);
     let tcp = lab.tcp(vip, 1).expect("tcp");
     assert_eq!(tcp[0].errno, Some(libc::ENETUNREACH), "{tcp:?}");
+}
+
+#[test]
+fn the_backend_limit_is_configurable() {
+    let lab = Lab::new("limit", 0).expect("lab");
+    let agent = lab
+        .start_agent_with(axon_lab::AgentOptions { max_backends_per_service: Some(8), ..Default::default() })
+        .expect("agent");
+    let (status, answer) = agent
+        .request("POST", paths::SERVICES, Some(&body(fe("10.96.0.13", json!(80), "TCP"), backends_json(8))))
+        .expect("request");
+    assert!((200..300).contains(&status), "8 backends refused with a limit of 8: {status} {answer}");
+    let (status, answer) = agent
+        .request("POST", paths::SERVICES, Some(&body(fe("10.96.0.14", json!(80), "TCP"), backends_json(9))))
+        .expect("request");
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["field"], "backends", "{answer}");
+    assert_eq!(agent.list_services().expect("list").len(), 1);
 }

@@ -50,25 +50,68 @@ fn service_update_list_get_delete_and_apply() {
     let _servers = lab.serve_all(BACKEND_PORT).expect("servers");
     let agent = lab.start_agent().expect("agent");
     let backends = backends_flag(&lab);
-    ctl(&agent, &["service", "update", "--id", "7", "--frontend", "10.96.0.10:80", "--backends", &backends, "--type", "ClusterIP"]);
-    ctl(&agent, &["service", "update", "--id", "8", "--frontend", "10.96.0.10:53/udp", "--backends", &backends, "--type", "ClusterIP"]);
+    ctl(
+        &agent,
+        &[
+            "service",
+            "update",
+            "--id",
+            "7",
+            "--frontend",
+            "10.96.0.10:80",
+            "--backends",
+            &backends,
+            "--type",
+            "ClusterIP",
+        ],
+    );
+    ctl(
+        &agent,
+        &[
+            "service",
+            "update",
+            "--id",
+            "8",
+            "--frontend",
+            "10.96.0.10:53/udp",
+            "--backends",
+            &backends,
+            "--type",
+            "ClusterIP",
+        ],
+    );
     assert_spread(&lab.tcp(addr("10.96.0.10:80"), 60).expect("tcp"), &lab.backend_names(), "tcp via agentctl service");
-    assert_spread(&lab.udp(addr("10.96.0.10:53"), 60, UdpMode::Unconnected).expect("udp"), &lab.backend_names(), "udp via agentctl service");
+    assert_spread(
+        &lab.udp(addr("10.96.0.10:53"), 60, UdpMode::Unconnected).expect("udp"),
+        &lab.backend_names(),
+        "udp via agentctl service",
+    );
 
     let list = ctl(&agent, &["service", "list"]).stdout;
     let lines: Vec<&str> = list.lines().collect();
     assert_eq!(cells(lines[0]), ["ID", "Frontend", "Service Type", "Backend"], "header:\n{list}");
     let backend_col = lines[0].find("Backend").expect("Backend column");
-    assert_eq!(cells(lines[1]), ["7", "10.96.0.10:80/TCP", "ClusterIP", "1 => 10.77.0.11:8080/TCP (active)"], "first row:\n{list}");
+    assert_eq!(
+        cells(lines[1]),
+        ["7", "10.96.0.10:80/TCP", "ClusterIP", "1 => 10.77.0.11:8080/TCP (active)"],
+        "first row:\n{list}"
+    );
     for (line, n) in lines[2..4].iter().zip(2..) {
         assert_eq!(cells(line), [format!("{n} => 10.77.0.{}:8080/TCP (active)", 10 + n)], "continuation row:\n{list}");
         assert_eq!(line.find(&format!("{n} =>")), Some(backend_col), "continuation rows sit under Backend:\n{list}");
     }
-    assert_eq!(cells(lines[4]), ["8", "10.96.0.10:53/UDP", "ClusterIP", "1 => 10.77.0.11:8080/UDP (active)"], "udp row:\n{list}");
+    assert_eq!(
+        cells(lines[4]),
+        ["8", "10.96.0.10:53/UDP", "ClusterIP", "1 => 10.77.0.11:8080/UDP (active)"],
+        "udp row:\n{list}"
+    );
     assert_eq!(lines.len(), 7, "two services of three backends:\n{list}");
 
     let get = ctl(&agent, &["service", "get", "7"]).stdout;
-    assert!(get.contains("10.96.0.10:80/TCP") && get.contains("3 => 10.77.0.13:8080/TCP (active)"), "service get 7:\n{get}");
+    assert!(
+        get.contains("10.96.0.10:80/TCP") && get.contains("3 => 10.77.0.13:8080/TCP (active)"),
+        "service get 7:\n{get}"
+    );
     assert_eq!(ids_json(&agent), [7, 8]);
 
     ctl(&agent, &["service", "delete", "7"]);
@@ -81,7 +124,11 @@ fn service_update_list_get_delete_and_apply() {
     std::fs::write(&file, yaml).expect("writing the apply file");
     ctl(&agent, &["service", "apply", "-f", file.to_str().expect("utf-8 path")]);
     assert_eq!(ids_json(&agent), [8, 20]);
-    assert_spread(&lab.tcp(addr("10.96.3.3:80"), 40).expect("tcp"), &["backend-2", "backend-3"], "tcp via agentctl apply");
+    assert_spread(
+        &lab.tcp(addr("10.96.3.3:80"), 40).expect("tcp"),
+        &["backend-2", "backend-3"],
+        "tcp via agentctl apply",
+    );
 
     let status = ctl(&agent, &["status"]).stdout;
     assert!(!status.trim().is_empty(), "agentctl status printed nothing");
@@ -95,13 +142,30 @@ fn bad_flags_are_rejected_with_the_flag_named_and_change_nothing() {
     let _servers = lab.serve_all(BACKEND_PORT).expect("servers");
     let agent = lab.start_agent().expect("agent");
     let backends = backends_flag(&lab);
-    ctl(&agent, &["service", "update", "--id", "7", "--frontend", "10.96.0.10:80", "--backends", &backends, "--type", "ClusterIP"]);
+    ctl(
+        &agent,
+        &[
+            "service",
+            "update",
+            "--id",
+            "7",
+            "--frontend",
+            "10.96.0.10:80",
+            "--backends",
+            &backends,
+            "--type",
+            "ClusterIP",
+        ],
+    );
     let before_list = ctl(&agent, &["-o", "json", "service", "list"]).stdout;
     let before_maps = ctl(&agent, &["-o", "json", "bpf", "lb", "list"]).stdout;
-    let too_many: String = (0..4097).map(|i| format!("10.78.{}.{}:8080", i / 250, i % 250 + 1)).collect::<Vec<_>>().join(",");
+    let too_many: String =
+        (0..4097).map(|i| format!("10.78.{}.{}:8080", i / 250, i % 250 + 1)).collect::<Vec<_>>().join(",");
 
     let update = |frontend: &str, backends: &str| -> Vec<String> {
-        ["service", "update", "--id", "9", "--frontend", frontend, "--backends", backends, "--type", "ClusterIP"].map(String::from).to_vec()
+        ["service", "update", "--id", "9", "--frontend", frontend, "--backends", backends, "--type", "ClusterIP"]
+            .map(String::from)
+            .to_vec()
     };
     // (what, args, words one of which stderr must contain: the flag or field to blame)
     let cases: Vec<(&str, Vec<String>, &[&str])> = vec![
@@ -112,7 +176,24 @@ fn bad_flags_are_rejected_with_the_flag_named_and_change_nothing() {
         ("bad backend", update("10.96.0.11:80", "10.77.0.11:0"), &["--backends"]),
         ("duplicate frontend", update("10.96.0.10:80", &backends), &["frontend"]),
         ("too many backends", update("10.96.0.11:80", &too_many), &["backends"]),
-        ("unknown type", ["service", "update", "--id", "9", "--frontend", "10.96.0.11:80", "--backends", &backends, "--type", "Mesh"].map(String::from).to_vec(), &["--type"]),
+        (
+            "unknown type",
+            [
+                "service",
+                "update",
+                "--id",
+                "9",
+                "--frontend",
+                "10.96.0.11:80",
+                "--backends",
+                &backends,
+                "--type",
+                "Mesh",
+            ]
+            .map(String::from)
+            .to_vec(),
+            &["--type"],
+        ),
         ("get unknown id", ["service", "get", "999"].map(String::from).to_vec(), &["999"]),
         ("delete unknown id", ["service", "delete", "999"].map(String::from).to_vec(), &["999"]),
     ];
@@ -132,8 +213,36 @@ fn bpf_lb_list_reads_the_pinned_maps_while_the_agent_is_down() {
     let _servers = lab.serve_all(BACKEND_PORT).expect("servers");
     let mut agent = lab.start_agent().expect("agent");
     let backends = backends_flag(&lab);
-    ctl(&agent, &["service", "update", "--id", "7", "--frontend", "10.96.0.10:80", "--backends", &backends, "--type", "ClusterIP"]);
-    ctl(&agent, &["service", "update", "--id", "8", "--frontend", "[fd96::10]:53/udp", "--backends", "[fd77::b]:8080", "--type", "ClusterIP"]);
+    ctl(
+        &agent,
+        &[
+            "service",
+            "update",
+            "--id",
+            "7",
+            "--frontend",
+            "10.96.0.10:80",
+            "--backends",
+            &backends,
+            "--type",
+            "ClusterIP",
+        ],
+    );
+    ctl(
+        &agent,
+        &[
+            "service",
+            "update",
+            "--id",
+            "8",
+            "--frontend",
+            "[fd96::10]:53/udp",
+            "--backends",
+            "[fd77::b]:8080",
+            "--type",
+            "ClusterIP",
+        ],
+    );
     let running = ctl(&agent, &["bpf", "lb", "list"]).stdout;
     agent.stop().expect("SIGTERM");
 
@@ -141,12 +250,19 @@ fn bpf_lb_list_reads_the_pinned_maps_while_the_agent_is_down() {
     assert_eq!(out, running, "the table must not depend on the agent");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(cells(lines[0]), ["SERVICE ADDRESS", "BACKEND ADDRESS (REVNAT_ID) (SLOT)"], "header:\n{out}");
-    let master = lines.iter().position(|l| l.starts_with("10.96.0.10:80/TCP")).unwrap_or_else(|| panic!("no 10.96.0.10:80/TCP row:\n{out}"));
+    let master = lines
+        .iter()
+        .position(|l| l.starts_with("10.96.0.10:80/TCP"))
+        .unwrap_or_else(|| panic!("no 10.96.0.10:80/TCP row:\n{out}"));
     assert!(lines[master].contains("(0)") && lines[master].contains("[ClusterIP]"), "master slot row:\n{out}");
     for (slot, backend) in lab.backend_addrs(false, BACKEND_PORT).iter().enumerate() {
         let row = lines[master + 1 + slot];
         assert!(row.starts_with(' '), "backend rows continue the service:\n{out}");
-        assert!(row.contains(&format!("{backend}/TCP")) && row.trim_end().ends_with(&format!("({})", slot + 1)), "slot {}:\n{out}", slot + 1);
+        assert!(
+            row.contains(&format!("{backend}/TCP")) && row.trim_end().ends_with(&format!("({})", slot + 1)),
+            "slot {}:\n{out}",
+            slot + 1
+        );
     }
     assert!(out.contains("[fd96::10]:53/UDP") && out.contains("[fd77::b]:8080/UDP"), "IPv6 service:\n{out}");
     let json = ctl(&agent, &["-o", "json", "bpf", "lb", "list"]).stdout;

@@ -66,8 +66,12 @@ fn ipv6_vip_spreads_tcp_and_udp_over_ipv6_backends() {
 fn ipv4_service_is_reachable_from_an_ipv6_socket_through_the_v4_mapped_vip() {
     let (lab, _servers, agent) = setup("mapped", 3);
     let backends = lab.backend_addrs(false, BACKEND_PORT);
-    agent.create_service(&spec("default/web", addr("10.96.0.10:80"), Protocol::Tcp, &backends)).expect("create tcp service");
-    agent.create_service(&spec("default/dns", addr("10.96.0.10:53"), Protocol::Udp, &backends)).expect("create udp service");
+    agent
+        .create_service(&spec("default/web", addr("10.96.0.10:80"), Protocol::Tcp, &backends))
+        .expect("create tcp service");
+    agent
+        .create_service(&spec("default/dns", addr("10.96.0.10:53"), Protocol::Udp, &backends))
+        .expect("create udp service");
     check_spread(&lab, addr("[::ffff:10.96.0.10]:80"), addr("[::ffff:10.96.0.10]:53"));
 }
 
@@ -75,7 +79,9 @@ fn ipv4_service_is_reachable_from_an_ipv6_socket_through_the_v4_mapped_vip() {
 fn streams_through_the_vip_arrive_intact() {
     let (lab, _servers, agent) = setup("echo", 2);
     let vip = addr("10.96.0.10:80");
-    agent.create_service(&spec("default/echo", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT))).expect("create");
+    agent
+        .create_service(&spec("default/echo", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT)))
+        .expect("create");
     let echo = lab.tcp_echo(vip, 8, 256 * 1024).expect("echo client");
     assert_all_ok(&echo, "echo through the VIP");
     assert!(echo.iter().all(|a| a.echo_ok == Some(true)), "corrupted echo:\n{}", show(&echo));
@@ -89,15 +95,27 @@ fn updated_backends_take_effect_for_new_connections() {
     let tcp_svc = agent.create_service(&spec("default/web", vip_tcp, Protocol::Tcp, &all[..2])).expect("create tcp");
     let udp_svc = agent.create_service(&spec("default/dns", vip_udp, Protocol::Udp, &all[..2])).expect("create udp");
     assert_spread(&lab.tcp(vip_tcp, SPREAD_REQUESTS).expect("tcp"), &["backend-1", "backend-2"], "tcp before update");
-    assert_spread(&lab.udp(vip_udp, SPREAD_REQUESTS, UdpMode::Unconnected).expect("udp"), &["backend-1", "backend-2"], "udp before update");
+    assert_spread(
+        &lab.udp(vip_udp, SPREAD_REQUESTS, UdpMode::Unconnected).expect("udp"),
+        &["backend-1", "backend-2"],
+        "udp before update",
+    );
 
     // backend-1 out, backend-3 in.
     agent.put_service(tcp_svc.id, &spec("default/web", vip_tcp, Protocol::Tcp, &all[1..])).expect("update tcp");
     agent.put_service(udp_svc.id, &spec("default/dns", vip_udp, Protocol::Udp, &all[1..])).expect("update udp");
     let want = ["backend-2", "backend-3"];
     assert_spread(&lab.tcp(vip_tcp, SPREAD_REQUESTS).expect("tcp"), &want, "tcp after update");
-    assert_spread(&lab.udp(vip_udp, SPREAD_REQUESTS, UdpMode::Connected).expect("udp"), &want, "connected udp after update");
-    assert_spread(&lab.udp(vip_udp, SPREAD_REQUESTS, UdpMode::Unconnected).expect("udp"), &want, "unconnected udp after update");
+    assert_spread(
+        &lab.udp(vip_udp, SPREAD_REQUESTS, UdpMode::Connected).expect("udp"),
+        &want,
+        "connected udp after update",
+    );
+    assert_spread(
+        &lab.udp(vip_udp, SPREAD_REQUESTS, UdpMode::Unconnected).expect("udp"),
+        &want,
+        "unconnected udp after update",
+    );
 
     // Down to one backend: only it answers.
     agent.put_service(tcp_svc.id, &spec("default/web", vip_tcp, Protocol::Tcp, &all[2..])).expect("shrink tcp");
@@ -121,7 +139,11 @@ fn deleted_service_is_no_longer_translated() {
     assert!(tcp.iter().all(|a| !a.ok && a.errno == Some(libc::ENETUNREACH)), "tcp after delete:\n{}", show(&tcp));
     for mode in [UdpMode::Connected, UdpMode::Unconnected] {
         let udp = lab.udp(vip_udp, 3, mode).expect("udp");
-        assert!(udp.iter().all(|a| !a.ok && a.errno == Some(libc::ENETUNREACH)), "udp {mode:?} after delete:\n{}", show(&udp));
+        assert!(
+            udp.iter().all(|a| !a.ok && a.errno == Some(libc::ENETUNREACH)),
+            "udp {mode:?} after delete:\n{}",
+            show(&udp)
+        );
     }
     assert!(agent.list_services().expect("list").is_empty());
 }

@@ -68,3 +68,26 @@ fn lab_is_removed_on_drop() {
     }
     assert!(!cgroup_path.exists(), "cgroup {} survived the lab", cgroup_path.display());
 }
+
+#[test]
+fn a_panicking_test_leaves_no_agent_pins_or_cgroup_behind() {
+    let mut seen = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let lab = Lab::new("panic", 1).expect("lab");
+        let agent = lab.start_agent().expect("agent");
+        seen = Some((
+            lab.cgroup().path().to_path_buf(),
+            agent.bpffs_root().to_path_buf(),
+            agent.api_socket().to_path_buf(),
+            agent.pid(),
+        ));
+        panic!("on purpose");
+    }));
+    assert!(result.is_err());
+    let (cgroup, bpffs, socket, pid) = seen.expect("the lab came up");
+    assert!(!cgroup.exists(), "cgroup {} left behind", cgroup.display());
+    assert!(!bpffs.exists(), "bpffs dir {} left behind", bpffs.display());
+    assert!(!socket.exists(), "API socket {} left behind", socket.display());
+    let pid = pid.expect("agent pid");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "agent {pid} still running");
+}

@@ -32,7 +32,9 @@ fn restarts_under_continuous_load_lose_no_connection() {
     let _servers = lab.serve_all(BACKEND_PORT).expect("servers");
     let mut agent = lab.start_agent().expect("agent");
     let vip = addr("10.96.0.10:80");
-    agent.create_service(&spec("default/web", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT))).expect("create");
+    agent
+        .create_service(&spec("default/web", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT)))
+        .expect("create");
 
     let pause = Duration::from_millis(600);
     let load = lab.spawn_load(vip, Duration::from_secs(7), Duration::from_millis(5)).expect("load client");
@@ -89,7 +91,9 @@ fn state_survives_sigterm_and_sigkill() {
     }
 
     // The restarted agent still allocates fresh ids and applies changes.
-    let new = agent.create_service(&spec("default/new", addr("10.96.2.2:80"), Protocol::Tcp, &b4[2..])).expect("create after restarts");
+    let new = agent
+        .create_service(&spec("default/new", addr("10.96.2.2:80"), Protocol::Tcp, &b4[2..]))
+        .expect("create after restarts");
     assert!(before.iter().all(|s| s.id != new.id), "id {} reused while still taken", new.id);
     fixed.backends.truncate(1);
     agent.put_service(7, &fixed).expect("update after restarts");
@@ -108,7 +112,14 @@ fn kill_during_bulk_apply_leaves_all_or_nothing() {
 
     for (round, delay_ms) in [5u64, 30, 120].into_iter().enumerate() {
         let batch: Vec<_> = (0..1000u32)
-            .map(|i| spec(&format!("bulk/{round}-{i}"), addr(&format!("10.97.{round}.{}:{}", i % 250 + 1, 1000 + i)), Protocol::Tcp, &backend))
+            .map(|i| {
+                spec(
+                    &format!("bulk/{round}-{i}"),
+                    addr(&format!("10.97.{round}.{}:{}", i % 250 + 1, 1000 + i)),
+                    Protocol::Tcp,
+                    &backend,
+                )
+            })
             .collect();
         let client = agent.api().clone();
         let apply = std::thread::spawn(move || {
@@ -138,7 +149,11 @@ fn kill_during_bulk_apply_leaves_all_or_nothing() {
         assert_eq!(maps.rev_nat4.len(), now.len(), "round {round}: rev-NAT entries vs store");
         assert_spread(&lab.tcp(addr("10.96.0.10:80"), 3).expect("tcp"), &["backend-1"], "base service after the crash");
         if let Some(last) = now.last().filter(|_| added > 0) {
-            assert_spread(&lab.tcp(last.frontend.socket_addr(), 2).expect("tcp"), &["backend-1"], "applied service after the crash");
+            assert_spread(
+                &lab.tcp(last.frontend.socket_addr(), 2).expect("tcp"),
+                &["backend-1"],
+                "applied service after the crash",
+            );
         }
         expected = now;
     }
@@ -150,8 +165,17 @@ fn pinned_entries_nothing_wants_are_removed_on_start() {
     let _servers = lab.serve_all(BACKEND_PORT).expect("servers");
     let mut agent = lab.start_agent().expect("agent");
     let vip = addr("10.96.0.10:80");
-    agent.create_service(&spec("default/web", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT))).expect("create");
-    agent.create_service(&spec("default/web6", addr("[fd96::10]:80"), Protocol::Tcp, &lab.backend_addrs(true, BACKEND_PORT))).expect("create6");
+    agent
+        .create_service(&spec("default/web", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT)))
+        .expect("create");
+    agent
+        .create_service(&spec(
+            "default/web6",
+            addr("[fd96::10]:80"),
+            Protocol::Tcp,
+            &lab.backend_addrs(true, BACKEND_PORT),
+        ))
+        .expect("create6");
     assert_spread(&lab.tcp(vip, 3).expect("tcp"), &["backend-1"], "before");
 
     // Forget the desired state but keep the pins: everything pinned is now an orphan.

@@ -6,10 +6,10 @@
 
 use anyhow::{Context, Result};
 use axon_lab::probe::{self, Attempt, ClientEnv, LoadSummary};
-use std::os::unix::fs::MetadataExt;
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -79,7 +79,12 @@ fn main() -> Result<()> {
         }
         Mode::Env => print_line(&mut out, &client_env()?)?,
         Mode::Load { addr, duration_ms, interval_ms, timeout_ms } => {
-            let summary = load(addr, Duration::from_millis(duration_ms), Duration::from_millis(interval_ms), Duration::from_millis(timeout_ms));
+            let summary = load(
+                addr,
+                Duration::from_millis(duration_ms),
+                Duration::from_millis(interval_ms),
+                Duration::from_millis(timeout_ms),
+            );
             print_line(&mut out, &summary)?;
         }
     }
@@ -249,7 +254,11 @@ fn load(addr: SocketAddr, duration: Duration, interval: Duration, timeout: Durat
                 s.failed += 1;
                 if s.errors.len() < 20 {
                     let at = start.elapsed().as_millis();
-                    s.errors.push(format!("{seq} @{at}ms: {}: {}", a.stage.unwrap_or_default(), a.error.unwrap_or_default()));
+                    s.errors.push(format!(
+                        "{seq} @{at}ms: {}: {}",
+                        a.stage.unwrap_or_default(),
+                        a.error.unwrap_or_default()
+                    ));
                 }
             }
         }
