@@ -252,3 +252,48 @@ fn the_backend_limit_is_configurable() {
     assert_eq!(answer["field"], "backends", "{answer}");
     assert_eq!(agent.list_services().expect("list").len(), 1);
 }
+
+#[test]
+fn a_full_map_is_an_error_to_the_caller_and_nothing_is_half_written() {
+    let lab = Lab::new("fullmap", 0).expect("lab");
+    // 16 service-map entries: a master and 15 backend slots at most.
+    let agent = lab
+        .start_agent_with(axon_lab::AgentOptions {
+            extra_args: vec!["--lb-service-map-max".into(), "16".into()],
+            ..Default::default()
+        })
+        .expect("agent");
+    let (status, answer) = agent
+        .request("POST", paths::SERVICES, Some(&body(fe("10.96.0.20", json!(80), "TCP"), backends_json(10))))
+        .expect("request");
+    assert!((200..300).contains(&status), "11 entries of 16 refused: {status} {answer}");
+    let before = snapshot(&agent);
+
+    let (status, answer) = agent
+        .request("POST", paths::SERVICES, Some(&body(fe("10.96.0.21", json!(80), "TCP"), backends_json(5))))
+        .expect("request");
+    assert_eq!(status, 507, "{answer}");
+    let message = answer["error"].as_str().unwrap_or_default();
+    assert!(message.contains("axon_lb4_services") && message.contains("16"), "names the map and its size: {answer}");
+    assert_eq!(snapshot(&agent), before, "a refused service left entries behind");
+
+    // A bulk apply that needs room for its second service is refused whole.
+    let bulk = json!({"services": [
+        {"frontend": fe("10.96.0.22", json!(80), "TCP"), "backends": backends_json(1)},
+        {"frontend": fe("10.96.0.23", json!(80), "TCP"), "backends": backends_json(4)},
+    ]})
+    .to_string();
+    let (status, answer) = agent.request("POST", paths::APPLY, Some(&bulk)).expect("request");
+    assert_eq!(status, 507, "{answer}");
+    assert_eq!(snapshot(&agent), before, "a refused bulk apply left entries behind");
+
+    // Room freed is room usable: shrinking the first service lets a second in.
+    let (status, answer) = agent
+        .request("PUT", "/v1/services/1", Some(&body(fe("10.96.0.20", json!(80), "TCP"), backends_json(2))))
+        .expect("request");
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = agent
+        .request("POST", paths::SERVICES, Some(&body(fe("10.96.0.21", json!(80), "TCP"), backends_json(5))))
+        .expect("request");
+    assert!((200..300).contains(&status), "9 of 16 entries used, 6 more refused: {status} {answer}");
+}
