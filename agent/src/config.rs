@@ -96,7 +96,8 @@ impl Config {
         let cgroup_root = match flags.cgroup_root.clone().or(file.cgroup_root) {
             Some(p) => p,
             None if flags.cleanup => PathBuf::new(),
-            None => find_cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()).ok_or(ConfigError::NoCgroup2)?,
+            None => find_cgroup2_mount(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+                .ok_or(ConfigError::NoCgroup2)?,
         };
         let d = axon_bpf::maps::defaults::SERVICE_ENTRIES;
         let config = Config {
@@ -106,8 +107,14 @@ impl Config {
             state_dir: flags.state_dir.clone().or(file.state_dir).unwrap_or_else(|| "/var/lib/axon".into()),
             max_backends_per_service: flags.max_backends_per_service.or(file.max_backends_per_service).unwrap_or(4096),
             lb_service_map_max: flags.lb_service_map_max.or(file.lb_service_map_max).unwrap_or(d),
-            lb_backend_map_max: flags.lb_backend_map_max.or(file.lb_backend_map_max).unwrap_or(axon_bpf::maps::defaults::BACKEND_ENTRIES),
-            lb_revnat_map_max: flags.lb_revnat_map_max.or(file.lb_revnat_map_max).unwrap_or(axon_bpf::maps::defaults::REVNAT_ENTRIES),
+            lb_backend_map_max: flags
+                .lb_backend_map_max
+                .or(file.lb_backend_map_max)
+                .unwrap_or(axon_bpf::maps::defaults::BACKEND_ENTRIES),
+            lb_revnat_map_max: flags
+                .lb_revnat_map_max
+                .or(file.lb_revnat_map_max)
+                .unwrap_or(axon_bpf::maps::defaults::REVNAT_ENTRIES),
             lb_sock_revnat_map_max: flags
                 .lb_sock_revnat_map_max
                 .or(file.lb_sock_revnat_map_max)
@@ -120,7 +127,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=65535).contains(&self.max_backends_per_service) {
-            return Err(ConfigError::Invalid { field: "max-backends-per-service", message: "must be between 1 and 65535".into() });
+            return Err(ConfigError::Invalid {
+                field: "max-backends-per-service",
+                message: "must be between 1 and 65535".into(),
+            });
         }
         for (field, v) in [
             ("lb-service-map-max", self.lb_service_map_max),

@@ -20,7 +20,8 @@ fn main() -> anyhow::Result<()> {
     let config = Config::from_flags(&flags)?;
     init_logging(&config.log_level);
     if flags.cleanup {
-        let report = datapath::cleanup(&config.bpffs_root).with_context(|| format!("cleaning up {}", config.bpffs_root.display()))?;
+        let report = datapath::cleanup(&config.bpffs_root)
+            .with_context(|| format!("cleaning up {}", config.bpffs_root.display()))?;
         println!("{report}");
         return Ok(());
     }
@@ -33,7 +34,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 

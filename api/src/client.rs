@@ -87,7 +87,12 @@ impl Client {
         self.call(Method::GET, paths::STATUS, None::<&()>).await
     }
 
-    async fn call<T: DeserializeOwned, B: Serialize>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
+    async fn call<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
         let body = body
             .map(serde_json::to_vec)
             .transpose()
@@ -96,12 +101,19 @@ impl Client {
     }
 
     /// One raw request; answers the status and body as they came.
-    pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), ClientError> {
-        let transport = |e: &dyn std::fmt::Display| ClientError::Transport { socket: self.socket.clone(), message: e.to_string() };
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let transport =
+            |e: &dyn std::fmt::Display| ClientError::Transport { socket: self.socket.clone(), message: e.to_string() };
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Unreachable { socket: self.socket.clone(), source })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| transport(&e))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| transport(&e))?;
         let conn_task = tokio::spawn(conn);
         let has_body = body.is_some();
         let mut req = Request::builder().method(method).uri(path).header("host", "axon-agent");
@@ -116,7 +128,12 @@ impl Client {
         Ok((status, bytes))
     }
 
-    async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
         let (status, bytes) = self.request(method, path, body).await?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
@@ -128,6 +145,7 @@ impl Client {
                 },
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { status: status.as_u16(), message: e.to_string() })
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Decode { status: status.as_u16(), message: e.to_string() })
     }
 }

@@ -59,10 +59,9 @@ fn as_object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, Fi
 
 fn reject_unknown(obj: &Map<String, Value>, known: &[&str], prefix: &str) -> Result<(), FieldError> {
     match obj.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(FieldError::new(
-            join(prefix, k),
-            format!("unknown field (expected one of: {})", known.join(", ")),
-        )),
+        Some(k) => {
+            Err(FieldError::new(join(prefix, k), format!("unknown field (expected one of: {})", known.join(", "))))
+        }
         None => Ok(()),
     }
 }
@@ -81,7 +80,9 @@ fn required<'a>(obj: &'a Map<String, Value>, key: &str, prefix: &str) -> Result<
 
 /// An IP address from a JSON string.
 pub fn parse_ip(v: &Value, field: &str) -> Result<IpAddr, FieldError> {
-    let s = v.as_str().ok_or_else(|| FieldError::new(field, format!("expected an IP address string, got {}", json_type(v))))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| FieldError::new(field, format!("expected an IP address string, got {}", json_type(v))))?;
     parse_ip_str(s).map_err(|m| FieldError::new(field, m))
 }
 
@@ -98,7 +99,13 @@ fn parse_ip_str(s: &str) -> Result<IpAddr, String> {
 /// A port 1..=65535 from a JSON number.
 pub fn parse_port(v: &Value, field: &str) -> Result<u16, FieldError> {
     let n = v.as_i64().ok_or_else(|| {
-        FieldError::new(field, format!("expected an integer port, got {}", if v.is_number() { "a fraction".into() } else { json_type(v).to_string() }))
+        FieldError::new(
+            field,
+            format!(
+                "expected an integer port, got {}",
+                if v.is_number() { "a fraction".into() } else { json_type(v).to_string() }
+            ),
+        )
     })?;
     check_port(n).map_err(|m| FieldError::new(field, m))
 }
@@ -142,7 +149,12 @@ pub fn backend_from_json(v: &Value, prefix: &str) -> Result<Backend, FieldError>
         None | Some(Value::Null) => BackendState::Active,
         Some(v) => match parse_string(v, &join(prefix, "state"))? {
             "active" => BackendState::Active,
-            other => return Err(FieldError::new(join(prefix, "state"), format!("unknown backend state {other:?} (expected active)"))),
+            other => {
+                return Err(FieldError::new(
+                    join(prefix, "state"),
+                    format!("unknown backend state {other:?} (expected active)"),
+                ))
+            }
         },
     };
     Ok(Backend { address, port, state })
@@ -169,11 +181,15 @@ pub fn service_spec_from_json(v: &Value, prefix: &str) -> Result<ServiceSpec, Fi
             .enumerate()
             .map(|(i, b)| backend_from_json(b, &format!("{backends_field}[{i}]")))
             .collect::<Result<Vec<_>, _>>()?,
-        Some(other) => return Err(FieldError::new(backends_field, format!("expected an array, got {}", json_type(other)))),
+        Some(other) => {
+            return Err(FieldError::new(backends_field, format!("expected an array, got {}", json_type(other))))
+        }
     };
     let svc_type = match obj.get("type") {
         None | Some(Value::Null) => ServiceType::default(),
-        Some(v) => parse_string(v, &join(prefix, "type"))?.parse().map_err(|m: String| FieldError::new(join(prefix, "type"), m))?,
+        Some(v) => parse_string(v, &join(prefix, "type"))?
+            .parse()
+            .map_err(|m: String| FieldError::new(join(prefix, "type"), m))?,
     };
     let spec = ServiceSpec { id, name, frontend, backends, svc_type };
     check_consistency(&spec, prefix)?;
@@ -200,7 +216,8 @@ pub fn check_consistency(spec: &ServiceSpec, prefix: &str) -> Result<(), FieldEr
 
 /// Service ids are 1..=u32::MAX-1 (0 means "none" in the datapath).
 pub fn parse_id(v: &Value, field: &str) -> Result<u32, FieldError> {
-    let n = v.as_i64().ok_or_else(|| FieldError::new(field, format!("expected an integer id, got {}", json_type(v))))?;
+    let n =
+        v.as_i64().ok_or_else(|| FieldError::new(field, format!("expected an integer id, got {}", json_type(v))))?;
     check_id(n).map_err(|m| FieldError::new(field, m))
 }
 
@@ -215,7 +232,10 @@ pub fn check_id(n: i64) -> Result<u32, String> {
 fn parse_name(v: &Value, field: &str) -> Result<String, FieldError> {
     let s = parse_string(v, field)?;
     if s.is_empty() || s.len() > 253 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c)) {
-        return Err(FieldError::new(field, format!("invalid name {s:?} (1-253 characters of a-z, 0-9, '-', '.', '_', '/')")));
+        return Err(FieldError::new(
+            field,
+            format!("invalid name {s:?} (1-253 characters of a-z, 0-9, '-', '.', '_', '/')"),
+        ));
     }
     Ok(s.to_string())
 }
@@ -228,10 +248,17 @@ pub fn apply_from_json(v: &Value) -> Result<Vec<ServiceSpec>, FieldError> {
             reject_unknown(obj, &["services"], "")?;
             match required(obj, "services", "")? {
                 Value::Array(items) => items,
-                other => return Err(FieldError::new("services", format!("expected an array, got {}", json_type(other)))),
+                other => {
+                    return Err(FieldError::new("services", format!("expected an array, got {}", json_type(other))))
+                }
             }
         }
-        other => return Err(FieldError::new("", format!("expected an object with \"services\" or an array, got {}", json_type(other)))),
+        other => {
+            return Err(FieldError::new(
+                "",
+                format!("expected an object with \"services\" or an array, got {}", json_type(other)),
+            ))
+        }
     };
     let specs = items
         .iter()
@@ -254,7 +281,10 @@ fn check_no_duplicate_frontends(specs: &[ServiceSpec]) -> Result<(), FieldError>
         }
         if let Some(id) = s.id {
             if let Some(j) = ids.insert(id, i) {
-                return Err(FieldError::new(format!("services[{i}].id"), format!("id {id} is also the id of services[{j}]")));
+                return Err(FieldError::new(
+                    format!("services[{i}].id"),
+                    format!("id {id} is also the id of services[{j}]"),
+                ));
             }
         }
     }
@@ -310,7 +340,9 @@ mod tests {
         assert_eq!(err(fe(json!({"address": "10.0.0.3", "port": 65536}))).field, "frontend.port");
         assert_eq!(err(fe(json!({"address": "10.0.0.3", "port": 80, "protocol": "sctp"}))).field, "frontend.protocol");
         assert_eq!(err(json!({"backends": []})).field, "frontend");
-        let e = err(json!({"frontend": {"address": "10.0.0.3", "port": 80}, "backends": [{"address": "fd00::1", "port": 1}]}));
+        let e = err(
+            json!({"frontend": {"address": "10.0.0.3", "port": 80}, "backends": [{"address": "fd00::1", "port": 1}]}),
+        );
         assert_eq!(e.field, "backends[0].address");
         let e = err(json!({"frontend": {"address": "10.0.0.3", "port": 80}, "type": "Bogus"}));
         assert_eq!(e.field, "type");

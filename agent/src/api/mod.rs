@@ -85,7 +85,8 @@ async fn serve_connection(stream: UnixStream, state: Arc<ApiState>) {
 type Reply = Response<Full<Bytes>>;
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Reply {
-    let bytes = serde_json::to_vec_pretty(body).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}").into_bytes());
+    let bytes =
+        serde_json::to_vec_pretty(body).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}").into_bytes());
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -154,7 +155,10 @@ async fn route(method: &Method, path: &str, body: Bytes, state: &Arc<ApiState>) 
                 Ok(s) => s,
                 Err(e) => return field_error(StatusCode::BAD_REQUEST, e),
             };
-            with_manager(state, move |m| m.apply(specs).map(|services| json(StatusCode::OK, &ApplyResponse { services }))).await
+            with_manager(state, move |m| {
+                m.apply(specs).map(|services| json(StatusCode::OK, &ApplyResponse { services }))
+            })
+            .await
         }
         _ => match path.strip_prefix(paths::SERVICES).and_then(|rest| rest.strip_prefix('/')) {
             Some(id) => service_by_id(method, id, body, state).await,
@@ -164,7 +168,11 @@ async fn route(method: &Method, path: &str, body: Bytes, state: &Arc<ApiState>) 
 }
 
 async fn service_by_id(method: &Method, id: &str, body: Bytes, state: &Arc<ApiState>) -> Reply {
-    let id = match id.parse::<i64>().map_err(|_| format!("invalid service id {id:?}")).and_then(axon_api::validate::check_id) {
+    let id = match id
+        .parse::<i64>()
+        .map_err(|_| format!("invalid service id {id:?}"))
+        .and_then(axon_api::validate::check_id)
+    {
         Ok(id) => id,
         Err(message) => return field_error(StatusCode::BAD_REQUEST, FieldError::new("id", message)),
     };

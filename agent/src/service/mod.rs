@@ -129,7 +129,10 @@ impl ServiceManager {
     /// `PUT /v1/services/{id}`: creates or replaces service `id`.
     pub fn put(&mut self, id: u32, mut spec: ServiceSpec) -> Result<Service, ServiceError> {
         if let Some(body_id) = spec.id.filter(|b| *b != id) {
-            return Err(ServiceError::Invalid(FieldError::new("id", format!("{body_id} does not match the id in the path ({id})"))));
+            return Err(ServiceError::Invalid(FieldError::new(
+                "id",
+                format!("{body_id} does not match the id in the path ({id})"),
+            )));
         }
         spec.id = Some(id);
         self.commit(vec![spec], "").map(|mut v| v.remove(0))
@@ -186,7 +189,12 @@ impl ServiceManager {
         result
     }
 
-    fn commit_with_ids(&mut self, specs: Vec<ServiceSpec>, ids: Vec<u32>, prefix: &dyn Fn(usize) -> String) -> Result<Vec<Service>, ServiceError> {
+    fn commit_with_ids(
+        &mut self,
+        specs: Vec<ServiceSpec>,
+        ids: Vec<u32>,
+        prefix: &dyn Fn(usize) -> String,
+    ) -> Result<Vec<Service>, ServiceError> {
         let batch: Vec<Service> = specs.into_iter().zip(&ids).map(|(spec, id)| Service::from_spec(*id, spec)).collect();
         self.check_limits(&batch, prefix)?;
         self.check_frontends(&batch, prefix)?;
@@ -246,14 +254,21 @@ impl ServiceManager {
     /// Ids for a batch: the spec's own, else the id of the service that has
     /// this frontend, else the lowest free one. Answers the ids and which of
     /// them were allocated here.
-    fn assign_ids(&mut self, specs: &[ServiceSpec], prefix: &dyn Fn(usize) -> String) -> Result<(Vec<u32>, Vec<u32>), ServiceError> {
+    fn assign_ids(
+        &mut self,
+        specs: &[ServiceSpec],
+        prefix: &dyn Fn(usize) -> String,
+    ) -> Result<(Vec<u32>, Vec<u32>), ServiceError> {
         let mut seen = HashSet::new();
         let mut chosen = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
             let id = spec.id.or_else(|| self.frontends.get(&spec.frontend).copied());
             if let Some(id) = id {
                 if !seen.insert(id) {
-                    return Err(ServiceError::Invalid(FieldError::new(field_of(&prefix(i), "id"), format!("id {id} appears twice in the request"))));
+                    return Err(ServiceError::Invalid(FieldError::new(
+                        field_of(&prefix(i), "id"),
+                        format!("id {id} appears twice in the request"),
+                    )));
                 }
             }
             chosen.push(id);
@@ -268,7 +283,7 @@ impl ServiceManager {
                     let candidate = match self.service_ids.allocate() {
                         Ok(c) => c,
                         Err(e) => {
-                            allocated.extend(skipped.drain(..));
+                            allocated.append(&mut skipped);
                             for id in &allocated {
                                 self.service_ids.release(*id);
                             }
@@ -298,7 +313,10 @@ impl ServiceManager {
             if svc.backends.len() > max {
                 return Err(ServiceError::Invalid(FieldError::new(
                     field_of(&prefix(i), "backends"),
-                    format!("{} backends, more than the {max} a service may have (--max-backends-per-service)", svc.backends.len()),
+                    format!(
+                        "{} backends, more than the {max} a service may have (--max-backends-per-service)",
+                        svc.backends.len()
+                    ),
                 )));
             }
         }
@@ -312,7 +330,8 @@ impl ServiceManager {
         let mut batch_owners: HashMap<L4Addr, u32> = HashMap::with_capacity(batch.len());
         for (i, svc) in batch.iter().enumerate() {
             let taken_in_batch = batch_owners.insert(svc.frontend, svc.id);
-            let taken_outside = self.frontends.get(&svc.frontend).filter(|owner| **owner != svc.id && !in_batch.contains(owner));
+            let taken_outside =
+                self.frontends.get(&svc.frontend).filter(|owner| **owner != svc.id && !in_batch.contains(owner));
             if let Some(owner) = taken_in_batch.or(taken_outside.copied()) {
                 return Err(ServiceError::Conflict(FieldError::new(
                     field_of(&prefix(i), "frontend"),

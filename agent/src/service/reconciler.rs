@@ -144,14 +144,19 @@ impl Reconciler {
             by_frontend.entry(*fe).or_default().insert(*slot, *value);
         }
         for (fe, slots) in by_frontend {
-            let master = slots.get(&0).filter(|m| m.rev_nat_index != 0 && !self.realized.contains_key(&m.rev_nat_index));
+            let master =
+                slots.get(&0).filter(|m| m.rev_nat_index != 0 && !self.realized.contains_key(&m.rev_nat_index));
             let Some(master) = master.copied() else {
                 self.orphans.slots.extend(slots.keys().map(|s| (fe, *s)));
                 continue;
             };
             let mut backend_slots = Vec::with_capacity(master.count as usize);
             for slot in 1..=master.count {
-                let id = slots.get(&slot).map(|v| v.backend_id).filter(|id| self.backend_addrs.contains_key(id)).unwrap_or(0);
+                let id = slots
+                    .get(&slot)
+                    .map(|v| v.backend_id)
+                    .filter(|id| self.backend_addrs.contains_key(id))
+                    .unwrap_or(0);
                 backend_slots.push(id);
             }
             for id in &backend_slots {
@@ -160,7 +165,13 @@ impl Reconciler {
             self.orphans.slots.extend(slots.keys().filter(|s| **s > master.count).map(|s| (fe, *s)));
             self.realized.insert(
                 master.rev_nat_index,
-                Realized { frontend: fe, svc_type: master.svc_type, slots: backend_slots, rev_nat_ok: false, master_ok: true },
+                Realized {
+                    frontend: fe,
+                    svc_type: master.svc_type,
+                    slots: backend_slots,
+                    rev_nat_ok: false,
+                    master_ok: true,
+                },
             );
         }
     }
@@ -249,11 +260,8 @@ impl Reconciler {
         let old = self.realized.get(&svc.id).cloned();
         let fe = svc.frontend;
         let svc_type = svc.svc_type.datapath_value();
-        let new_slots = svc
-            .backends
-            .iter()
-            .map(|b| self.acquire_backend(svc.backend_addr(b)))
-            .collect::<Result<Vec<u32>, _>>()?;
+        let new_slots =
+            svc.backends.iter().map(|b| self.acquire_backend(svc.backend_addr(b))).collect::<Result<Vec<u32>, _>>()?;
 
         if !old.as_ref().is_some_and(|o| o.rev_nat_ok) {
             self.maps.put_rev_nat(svc.id, &fe)?;
@@ -265,7 +273,8 @@ impl Reconciler {
                 self.maps.put_slot(&fe, slot_number(i), &value)?;
             }
         }
-        let master_changed = !old.as_ref().is_some_and(|o| o.master_ok && o.slots.len() == new_slots.len() && o.svc_type == svc_type);
+        let master_changed =
+            !old.as_ref().is_some_and(|o| o.master_ok && o.slots.len() == new_slots.len() && o.svc_type == svc_type);
         if master_changed {
             let count = u16::try_from(new_slots.len()).map_err(|_| ReconcileError::Capacity {
                 map: "backend slots of one service",
@@ -280,12 +289,14 @@ impl Reconciler {
         }
 
         let f = fam_index(&fe.address);
-        self.usage.service_entries[f] = self.usage.service_entries[f] + new_slots.len() as u64 + 1 - old.as_ref().map_or(0, |o| o.slots.len() as u64 + 1);
+        self.usage.service_entries[f] = self.usage.service_entries[f] + new_slots.len() as u64 + 1
+            - old.as_ref().map_or(0, |o| o.slots.len() as u64 + 1);
         if old.is_none() {
             self.usage.rev_nat_entries[f] += 1;
         }
         let old_slots = old.map(|o| o.slots).unwrap_or_default();
-        self.realized.insert(svc.id, Realized { frontend: fe, svc_type, slots: new_slots, rev_nat_ok: true, master_ok: true });
+        self.realized
+            .insert(svc.id, Realized { frontend: fe, svc_type, slots: new_slots, rev_nat_ok: true, master_ok: true });
         for id in old_slots {
             self.release_backend(id)?;
         }
@@ -430,7 +441,10 @@ impl Reconciler {
         self.realized.get(&svc.id).is_some_and(|r| {
             r.frontend == svc.frontend
                 && r.slots.len() == svc.backends.len()
-                && r.slots.iter().zip(&svc.backends).all(|(id, b)| self.backends.get(&svc.backend_addr(b)).is_some_and(|br| br.id == *id))
+                && r.slots
+                    .iter()
+                    .zip(&svc.backends)
+                    .all(|(id, b)| self.backends.get(&svc.backend_addr(b)).is_some_and(|br| br.id == *id))
         })
     }
 }
@@ -466,8 +480,15 @@ pub(crate) mod tests {
                     continue;
                 }
                 for s in 1..=v.count {
-                    let slot_value = self.slots.get(&(*fe, s)).unwrap_or_else(|| panic!("{fe}: master count {} but slot {s} missing", v.count));
-                    assert!(self.backends.contains_key(&slot_value.backend_id), "{fe} slot {s} → missing backend {}", slot_value.backend_id);
+                    let slot_value = self
+                        .slots
+                        .get(&(*fe, s))
+                        .unwrap_or_else(|| panic!("{fe}: master count {} but slot {s} missing", v.count));
+                    assert!(
+                        self.backends.contains_key(&slot_value.backend_id),
+                        "{fe} slot {s} → missing backend {}",
+                        slot_value.backend_id
+                    );
                 }
                 assert!(self.rev_nat.contains_key(&v.rev_nat_index), "{fe}: master before its rev-NAT entry");
             }
@@ -650,7 +671,10 @@ pub(crate) mod tests {
             m.slots.insert((fe, 5), SlotValue { backend_id: 1, rev_nat_index: 1, ..Default::default() });
             let stray = L4Addr::new("10.96.9.9".parse().unwrap(), 1, Protocol::Udp);
             m.slots.insert((stray, 1), SlotValue { backend_id: 1, rev_nat_index: 99, ..Default::default() });
-            m.backends.insert(42, BackendValue { addr: L4Addr::new("10.9.9.9".parse().unwrap(), 9, Protocol::Tcp), state: 0 });
+            m.backends.insert(
+                42,
+                BackendValue { addr: L4Addr::new("10.9.9.9".parse().unwrap(), 9, Protocol::Tcp), state: 0 },
+            );
             m.rev_nat.insert(99, ("10.96.9.9".parse().unwrap(), 1));
         }
         let mut r = Reconciler::restore(Box::new(fake.clone())).unwrap();
@@ -685,10 +709,9 @@ pub(crate) mod tests {
 
     #[test]
     fn capacity_is_checked_before_any_write() {
-        let (fake, mut r) = fresh();
+        let fake = SharedFake::default();
         fake.0.lock().unwrap().max_entries = 4;
-        let r_cap = Reconciler::restore(Box::new(fake.clone())).unwrap();
-        r = r_cap;
+        let mut r = Reconciler::restore(Box::new(fake.clone())).unwrap();
         let fits = svc(1, "10.96.0.1", 80, &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
         r.check_capacity(&[Change { id: 1, new: Some(&fits) }]).unwrap();
         let too_big = svc(1, "10.96.0.1", 80, &["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]);
