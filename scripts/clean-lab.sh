@@ -25,7 +25,8 @@ agents=()
 for cmdline in /proc/[0-9]*/cmdline; do
   pid=${cmdline#/proc/}; pid=${pid%/cmdline}
   [ "$pid" = "$$" ] && continue
-  args=$(tr '\0' '\n' <"$cmdline" 2>/dev/null) || continue
+  # The process may be gone by now: that is no error.
+  args=$(tr '\0' '\n' 2>/dev/null <"$cmdline") || continue
   [[ $(head -n1 <<<"$args") == *axon-agent ]] || continue
   root=$(grep -A1 -x -- '--bpffs-root' <<<"$args" | tail -n +2 | head -n1)
   if [ -n "$root" ] && has_prefix "$(basename "$root")"; then
