@@ -31,14 +31,14 @@ test: deps build
 demo: deps build
 	@bash scripts/demo.sh
 
-## bench: Axon socket-LB vs iptables vs nftables, side by side
+## bench: Axon socket-LB vs iptables vs nftables, side by side (BENCH_ARGS=... passes options)
 bench: deps release
 	@if [ -f scripts/bench.sh ]; then \
 		bash scripts/bench.sh; \
 	elif $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | grep -q '"name":"axon-bench"'; then \
-		$(CARGO) run --release -p axon-tests --bin axon-bench; \
+		$(CARGO) run --release --bin axon-bench -- $(BENCH_ARGS); \
 	else \
-		echo "make bench: no benchmark yet (neither scripts/bench.sh nor the axon-bench binary of axon-tests exists)" >&2; \
+		echo "make bench: no benchmark yet (neither scripts/bench.sh nor an axon-bench binary in the workspace)" >&2; \
 		exit 1; \
 	fi
 
