@@ -468,7 +468,7 @@ fn socket_lb_serves_through_the_vip_and_survives_restarts() {
     drop((dp, maps));
     let report = cleanup(&root.0).expect("cleanup");
     assert_eq!(report.links_detached.len(), 8, "{report}");
-    assert_eq!(report.maps_unpinned.len(), 9, "{report}");
+    assert_eq!(report.maps_unpinned.len(), axon_bpf::maps::names::ALL.len(), "{report}");
     assert!(!root.0.exists());
     let live = live_link_ids();
     assert!(new_links.iter().all(|id| !live.contains(id)), "links detached by cleanup");

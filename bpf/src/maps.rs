@@ -18,6 +18,15 @@ pub mod names {
     pub const LB4_REVERSE_SK: &str = "axon_lb4_reverse_sk";
     pub const LB6_REVERSE_SK: &str = "axon_lb6_reverse_sk";
     pub const METRICS: &str = "axon_metrics";
+    pub const CT4_GLOBAL: &str = "axon_ct4_global";
+    pub const CT6_GLOBAL: &str = "axon_ct6_global";
+    pub const LB_MAGLEV: &str = "axon_lb_maglev";
+    pub const LB_AFFINITY: &str = "axon_lb_affinity";
+    pub const LB4_SOURCE_RANGE: &str = "axon_lb4_source_range";
+    pub const LB6_SOURCE_RANGE: &str = "axon_lb6_source_range";
+    pub const DEVICES: &str = "axon_devices";
+    pub const NODE_ADDRS: &str = "axon_node_addrs";
+    pub const CONFIG: &str = "axon_config";
 
     /// Every map the socket-LB object defines, in a stable order.
     pub const ALL: &[&str] = &[
@@ -30,6 +39,15 @@ pub mod names {
         LB4_REVERSE_SK,
         LB6_REVERSE_SK,
         METRICS,
+        CT4_GLOBAL,
+        CT6_GLOBAL,
+        LB_MAGLEV,
+        LB_AFFINITY,
+        LB4_SOURCE_RANGE,
+        LB6_SOURCE_RANGE,
+        DEVICES,
+        NODE_ADDRS,
+        CONFIG,
     ];
 }
 
@@ -46,6 +64,56 @@ pub mod svc_type {
 pub mod backend_state {
     pub const ACTIVE: u8 = 0;
     pub const TERMINATING: u8 = 1;
+    /// `AXON_BE_F_LOCAL`: flag bit, the backend runs on this node.
+    pub const F_LOCAL: u8 = 1 << 7;
+}
+
+/// `AXON_SVC_F_*`: flags of the master slot.
+pub mod svc_flags {
+    pub const AFFINITY: u8 = 1 << 0;
+    pub const TWO_SCOPES: u8 = 1 << 1;
+    pub const SRC_RANGES: u8 = 1 << 2;
+    pub const DSR: u8 = 1 << 3;
+    pub const MAGLEV: u8 = 1 << 4;
+    pub const NODEPORT_WILDCARD: u8 = 1 << 5;
+}
+
+/// `AXON_SCOPE_*`: which master a lookup uses.
+pub mod scope {
+    pub const EXTERNAL: u8 = 0;
+    pub const INTERNAL: u8 = 1;
+}
+
+/// Conntrack constants (`AXON_CT_*`).
+pub mod ct {
+    pub const DIR_SERVICE: u8 = 0;
+    pub const DIR_REPLY: u8 = 1;
+    pub const F_SNAT: u8 = 1 << 0;
+    pub const F_DSR: u8 = 1 << 1;
+    pub const F_LOCAL: u8 = 1 << 2;
+    pub const F_DSR_BACKEND: u8 = 1 << 3;
+    pub const TCP_NONE: u8 = 0;
+    pub const TCP_SYN: u8 = 1;
+    pub const TCP_EST: u8 = 2;
+    pub const TCP_CLOSING: u8 = 3;
+}
+
+/// `AXON_AFFINITY_CLIENT_*`.
+pub mod affinity {
+    pub const CLIENT_ADDR: u8 = 0;
+    pub const CLIENT_NETNS: u8 = 1;
+}
+
+/// `AXON_LB_MODE_*`.
+pub mod lb_mode {
+    pub const SNAT: u8 = 0;
+    pub const DSR: u8 = 1;
+    pub const HYBRID: u8 = 2;
+}
+
+/// `AXON_DEV_F_*`.
+pub mod dev_flags {
+    pub const XDP: u8 = 1 << 0;
 }
 
 /// `enum axon_metric`: indices of the per-CPU counters in `axon_metrics`.
@@ -54,8 +122,31 @@ pub mod metric {
     pub const SOCK_XLATE_REV: u32 = 1;
     pub const SOCK_NO_BACKEND: u32 = 2;
     pub const SOCK_MISSING_SLOT: u32 = 3;
-    pub const COUNT: u32 = 4;
-    pub const NAMES: &[&str] = &["sock_xlate_fwd", "sock_xlate_rev", "sock_no_backend", "sock_missing_slot"];
+    pub const NP_FWD: u32 = 4;
+    pub const NP_REV: u32 = 5;
+    pub const NP_NO_BACKEND: u32 = 6;
+    pub const NP_SRC_DENIED: u32 = 7;
+    pub const NP_SNAT_FAIL: u32 = 8;
+    pub const NP_CT_NEW: u32 = 9;
+    pub const NP_FIB_FAIL: u32 = 10;
+    pub const XDP_FWD: u32 = 11;
+    pub const BIND_DENIED: u32 = 12;
+    pub const COUNT: u32 = 13;
+    pub const NAMES: &[&str] = &[
+        "sock_xlate_fwd",
+        "sock_xlate_rev",
+        "sock_no_backend",
+        "sock_missing_slot",
+        "np_fwd",
+        "np_rev",
+        "np_no_backend",
+        "np_src_denied",
+        "np_snat_fail",
+        "np_ct_new",
+        "np_fib_fail",
+        "xdp_fwd",
+        "bind_denied",
+    ];
 }
 
 /// Default sizes, the same as the C defaults; the loader overrides them.
@@ -64,6 +155,12 @@ pub mod defaults {
     pub const BACKEND_ENTRIES: u32 = 65_536;
     pub const REVNAT_ENTRIES: u32 = 65_536;
     pub const SOCK_REVNAT_ENTRIES: u32 = 262_144;
+    pub const CT_ENTRIES: u32 = 262_144;
+    pub const MAGLEV_ENTRIES: u32 = 1_048_576;
+    pub const AFFINITY_ENTRIES: u32 = 65_536;
+    pub const SRC_RANGE_ENTRIES: u32 = 16_384;
+    pub const DEVICE_ENTRIES: u32 = 64;
+    pub const NODE_ADDR_ENTRIES: u32 = 256;
 }
 
 /// `struct lb4_key`
@@ -180,6 +277,158 @@ pub struct Ipv6RevnatEntry {
     pub rev_nat_index: u32,
 }
 
+/// `struct ct4_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ct4Key {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub pad: [u8; 2],
+}
+
+/// `struct ct6_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ct6Key {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub pad: [u8; 2],
+}
+
+/// `struct ct4_entry`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ct4Entry {
+    pub packets: u64,
+    pub bytes: u64,
+    pub expires: u32,
+    pub rev_nat_index: u32,
+    pub backend_id: u32,
+    pub client_addr: u32,
+    pub frontend_addr: u32,
+    pub backend_addr: u32,
+    pub nat_addr: u32,
+    pub client_port: u16,
+    pub frontend_port: u16,
+    pub backend_port: u16,
+    pub nat_port: u16,
+    pub flags: u8,
+    pub tcp_state: u8,
+    pub pad: [u8; 10],
+}
+
+/// `struct ct6_entry`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ct6Entry {
+    pub packets: u64,
+    pub bytes: u64,
+    pub expires: u32,
+    pub rev_nat_index: u32,
+    pub backend_id: u32,
+    pub pad0: u32,
+    pub client_addr: [u8; 16],
+    pub frontend_addr: [u8; 16],
+    pub backend_addr: [u8; 16],
+    pub nat_addr: [u8; 16],
+    pub client_port: u16,
+    pub frontend_port: u16,
+    pub backend_port: u16,
+    pub nat_port: u16,
+    pub flags: u8,
+    pub tcp_state: u8,
+    pub pad: [u8; 6],
+}
+
+/// `struct lb_maglev_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbMaglevKey {
+    pub rev_nat_index: u32,
+    pub scope: u16,
+    pub pad: u16,
+    pub index: u32,
+}
+
+/// `struct lb_affinity_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbAffinityKey {
+    pub client: [u8; 16],
+    pub rev_nat_index: u32,
+    pub client_kind: u8,
+    pub pad: [u8; 3],
+}
+
+/// `struct lb_affinity_val`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbAffinityVal {
+    pub backend_id: u32,
+    pub last_used: u32,
+}
+
+/// `struct lb4_src_range_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Lb4SrcRangeKey {
+    pub prefixlen: u32,
+    pub rev_nat_index: u32,
+    pub address: u32,
+}
+
+/// `struct lb6_src_range_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Lb6SrcRangeKey {
+    pub prefixlen: u32,
+    pub rev_nat_index: u32,
+    pub address: [u8; 16],
+}
+
+/// `struct axon_device`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AxonDevice {
+    pub ipv4: u32,
+    pub ipv6: [u8; 16],
+    pub mac: [u8; 6],
+    pub flags: u8,
+    pub pad: u8,
+}
+
+/// `struct node_addr_key`: IPv4 as `::ffff:a.b.c.d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeAddrKey {
+    pub address: [u8; 16],
+}
+
+/// `struct axon_config`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AxonConfig {
+    pub ct_timeout_syn: u32,
+    pub ct_timeout_tcp: u32,
+    pub ct_timeout_close: u32,
+    pub ct_timeout_udp: u32,
+    pub maglev_table_size: u32,
+    pub nodeport_min: u16,
+    pub nodeport_max: u16,
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub lb_mode: u8,
+    pub pad: [u8; 3],
+}
+
 // SAFETY: all of the above are repr(C), Copy, made only of integers and byte
 // arrays, with every padding byte an explicit field: any bit pattern is valid.
 unsafe impl aya::Pod for Lb4Key {}
@@ -193,6 +442,18 @@ unsafe impl aya::Pod for Ipv4RevnatTuple {}
 unsafe impl aya::Pod for Ipv4RevnatEntry {}
 unsafe impl aya::Pod for Ipv6RevnatTuple {}
 unsafe impl aya::Pod for Ipv6RevnatEntry {}
+unsafe impl aya::Pod for Ct4Key {}
+unsafe impl aya::Pod for Ct6Key {}
+unsafe impl aya::Pod for Ct4Entry {}
+unsafe impl aya::Pod for Ct6Entry {}
+unsafe impl aya::Pod for LbMaglevKey {}
+unsafe impl aya::Pod for LbAffinityKey {}
+unsafe impl aya::Pod for LbAffinityVal {}
+unsafe impl aya::Pod for Lb4SrcRangeKey {}
+unsafe impl aya::Pod for Lb6SrcRangeKey {}
+unsafe impl aya::Pod for AxonDevice {}
+unsafe impl aya::Pod for NodeAddrKey {}
+unsafe impl aya::Pod for AxonConfig {}
 
 impl Lb4Key {
     pub fn new(address: Ipv4Addr, port: u16, proto: u8, backend_slot: u16) -> Self {

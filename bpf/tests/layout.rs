@@ -263,6 +263,80 @@ fn every_map_struct_matches_its_rust_mirror() {
     check_struct!(btf, "ipv4_revnat_entry", Ipv4RevnatEntry, [address, port, pad, rev_nat_index]);
     check_struct!(btf, "ipv6_revnat_tuple", Ipv6RevnatTuple, [cookie, address, port, pad, pad2]);
     check_struct!(btf, "ipv6_revnat_entry", Ipv6RevnatEntry, [address, port, pad, rev_nat_index]);
+    check_struct!(btf, "ct4_key", Ct4Key, [saddr, daddr, sport, dport, proto, dir, pad]);
+    check_struct!(btf, "ct6_key", Ct6Key, [saddr, daddr, sport, dport, proto, dir, pad]);
+    check_struct!(
+        btf,
+        "ct4_entry",
+        Ct4Entry,
+        [
+            packets,
+            bytes,
+            expires,
+            rev_nat_index,
+            backend_id,
+            client_addr,
+            frontend_addr,
+            backend_addr,
+            nat_addr,
+            client_port,
+            frontend_port,
+            backend_port,
+            nat_port,
+            flags,
+            tcp_state,
+            pad
+        ]
+    );
+    check_struct!(
+        btf,
+        "ct6_entry",
+        Ct6Entry,
+        [
+            packets,
+            bytes,
+            expires,
+            rev_nat_index,
+            backend_id,
+            pad0,
+            client_addr,
+            frontend_addr,
+            backend_addr,
+            nat_addr,
+            client_port,
+            frontend_port,
+            backend_port,
+            nat_port,
+            flags,
+            tcp_state,
+            pad
+        ]
+    );
+    check_struct!(btf, "lb_maglev_key", LbMaglevKey, [rev_nat_index, scope, pad, index]);
+    check_struct!(btf, "lb_affinity_key", LbAffinityKey, [client, rev_nat_index, client_kind, pad]);
+    check_struct!(btf, "lb_affinity_val", LbAffinityVal, [backend_id, last_used]);
+    check_struct!(btf, "lb4_src_range_key", Lb4SrcRangeKey, [prefixlen, rev_nat_index, address]);
+    check_struct!(btf, "lb6_src_range_key", Lb6SrcRangeKey, [prefixlen, rev_nat_index, address]);
+    check_struct!(btf, "axon_device", AxonDevice, [ipv4, ipv6, mac, flags, pad]);
+    check_struct!(btf, "node_addr_key", NodeAddrKey, [address]);
+    check_struct!(
+        btf,
+        "axon_config",
+        AxonConfig,
+        [
+            ct_timeout_syn,
+            ct_timeout_tcp,
+            ct_timeout_close,
+            ct_timeout_udp,
+            maglev_table_size,
+            nodeport_min,
+            nodeport_max,
+            snat_port_min,
+            snat_port_max,
+            lb_mode,
+            pad
+        ]
+    );
 }
 
 #[test]
@@ -288,6 +362,15 @@ fn every_map_has_the_key_and_value_sizes_of_its_rust_types() {
             defaults::SOCK_REVNAT_ENTRIES,
         ),
         (names::METRICS, size_of::<u32>(), size_of::<u64>(), metric::COUNT),
+        (names::CT4_GLOBAL, size_of::<Ct4Key>(), size_of::<Ct4Entry>(), defaults::CT_ENTRIES),
+        (names::CT6_GLOBAL, size_of::<Ct6Key>(), size_of::<Ct6Entry>(), defaults::CT_ENTRIES),
+        (names::LB_MAGLEV, size_of::<LbMaglevKey>(), size_of::<u32>(), defaults::MAGLEV_ENTRIES),
+        (names::LB_AFFINITY, size_of::<LbAffinityKey>(), size_of::<LbAffinityVal>(), defaults::AFFINITY_ENTRIES),
+        (names::LB4_SOURCE_RANGE, size_of::<Lb4SrcRangeKey>(), size_of::<u8>(), defaults::SRC_RANGE_ENTRIES),
+        (names::LB6_SOURCE_RANGE, size_of::<Lb6SrcRangeKey>(), size_of::<u8>(), defaults::SRC_RANGE_ENTRIES),
+        (names::DEVICES, size_of::<u32>(), size_of::<AxonDevice>(), defaults::DEVICE_ENTRIES),
+        (names::NODE_ADDRS, size_of::<NodeAddrKey>(), size_of::<u32>(), defaults::NODE_ADDR_ENTRIES),
+        (names::CONFIG, size_of::<u32>(), size_of::<AxonConfig>(), 1),
     ]
     .into_iter()
     .map(|(name, k, v, n)| (name.to_string(), (k, v, n)))
