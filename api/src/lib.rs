@@ -8,7 +8,10 @@ pub mod status;
 pub mod validate;
 
 pub use client::{Client, ClientError};
-pub use model::{Backend, BackendState, L4Addr, Protocol, Service, ServiceSpec, ServiceType};
+pub use model::{
+    Backend, BackendState, Cidr, L4Addr, LbAlgorithm, LbMode, Protocol, Service, ServiceOptions, ServiceSpec, ServiceType,
+    SessionAffinity, TrafficPolicy,
+};
 pub use status::Status;
 pub use validate::FieldError;
 

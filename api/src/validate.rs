@@ -2,7 +2,10 @@
 //! [`FieldError`] naming the field (`services[2].backends[0].port`), so the
 //! API and the CLI can tell the user exactly what to fix.
 
-use crate::model::{Backend, BackendState, L4Addr, Protocol, ServiceSpec, ServiceType};
+use crate::model::{
+    Backend, BackendState, Cidr, L4Addr, LbAlgorithm, LbMode, Protocol, ServiceOptions, ServiceSpec, ServiceType,
+    SessionAffinity, TrafficPolicy,
+};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::net::IpAddr;
@@ -129,11 +132,18 @@ fn parse_protocol(v: Option<&Value>, field: &str) -> Result<Protocol, FieldError
     }
 }
 
-/// `{"address": "10.96.0.10", "port": 80, "protocol": "TCP"}`.
+/// `{"address": "10.96.0.10", "port": 80, "protocol": "TCP"}`. The
+/// wildcard address (`0.0.0.0`, `::`: every node address) is accepted here
+/// and checked against the service type by [`check_consistency`].
 pub fn frontend_from_json(v: &Value, prefix: &str) -> Result<L4Addr, FieldError> {
     let obj = as_object(v, prefix)?;
     reject_unknown(obj, &["address", "port", "protocol"], prefix)?;
-    let address = parse_ip(required(obj, "address", prefix)?, &join(prefix, "address"))?;
+    let address_field = join(prefix, "address");
+    let address_value = required(obj, "address", prefix)?;
+    let address = match address_value.as_str().map(|a| a.trim().parse::<IpAddr>()) {
+        Some(Ok(ip)) if ip.is_unspecified() => ip,
+        _ => parse_ip(address_value, &address_field)?,
+    };
     let port = parse_port(required(obj, "port", prefix)?, &join(prefix, "port"))?;
     let protocol = parse_protocol(obj.get("protocol"), &join(prefix, "protocol"))?;
     Ok(L4Addr { address, port, protocol })
@@ -142,7 +152,7 @@ pub fn frontend_from_json(v: &Value, prefix: &str) -> Result<L4Addr, FieldError>
 /// `{"address": "10.0.0.2", "port": 8080}`.
 pub fn backend_from_json(v: &Value, prefix: &str) -> Result<Backend, FieldError> {
     let obj = as_object(v, prefix)?;
-    reject_unknown(obj, &["address", "port", "state"], prefix)?;
+    reject_unknown(obj, &["address", "port", "state", "node"], prefix)?;
     let address = parse_ip(required(obj, "address", prefix)?, &join(prefix, "address"))?;
     let port = parse_port(required(obj, "port", prefix)?, &join(prefix, "port"))?;
     let state = match obj.get("state") {
@@ -157,13 +167,34 @@ pub fn backend_from_json(v: &Value, prefix: &str) -> Result<Backend, FieldError>
             }
         },
     };
-    Ok(Backend { address, port, state })
+    let node = match obj.get("node") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_name(v, &join(prefix, "node"))?),
+    };
+    Ok(Backend { address, port, state, node })
 }
 
 /// A whole service. `prefix` is where it sits in the document ("" at the top).
 pub fn service_spec_from_json(v: &Value, prefix: &str) -> Result<ServiceSpec, FieldError> {
     let obj = as_object(v, prefix)?;
-    reject_unknown(obj, &["id", "name", "frontend", "backends", "type"], prefix)?;
+    reject_unknown(
+        obj,
+        &[
+            "id",
+            "name",
+            "frontend",
+            "backends",
+            "type",
+            "mode",
+            "algorithm",
+            "sessionAffinity",
+            "externalTrafficPolicy",
+            "internalTrafficPolicy",
+            "loadBalancerSourceRanges",
+            "healthCheckNodePort",
+        ],
+        prefix,
+    )?;
     let id = match obj.get("id") {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_id(v, &join(prefix, "id"))?),
@@ -191,13 +222,71 @@ pub fn service_spec_from_json(v: &Value, prefix: &str) -> Result<ServiceSpec, Fi
             .parse()
             .map_err(|m: String| FieldError::new(join(prefix, "type"), m))?,
     };
-    let spec = ServiceSpec { id, name, frontend, backends, svc_type };
+    let options = options_from_json(obj, prefix)?;
+    let spec = ServiceSpec { id, name, frontend, backends, svc_type, options };
     check_consistency(&spec, prefix)?;
     Ok(spec)
 }
 
+fn parse_enum<T: std::str::FromStr<Err = String>>(obj: &Map<String, Value>, key: &str, prefix: &str) -> Result<Option<T>, FieldError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => parse_string(v, &join(prefix, key))?.parse().map(Some).map_err(|m: String| FieldError::new(join(prefix, key), m)),
+    }
+}
+
+/// The per-service load-balancing options.
+fn options_from_json(obj: &Map<String, Value>, prefix: &str) -> Result<ServiceOptions, FieldError> {
+    let session_affinity = match obj.get("sessionAffinity") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(affinity_from_json(v, &join(prefix, "sessionAffinity"))?),
+    };
+    let ranges_field = join(prefix, "loadBalancerSourceRanges");
+    let source_ranges = match obj.get("loadBalancerSourceRanges") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let field = format!("{ranges_field}[{i}]");
+                parse_string(v, &field)?.trim().parse::<Cidr>().map_err(|m| FieldError::new(field, m))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        Some(other) => return Err(FieldError::new(ranges_field, format!("expected an array of CIDRs, got {}", json_type(other)))),
+    };
+    let health_check_node_port = match obj.get("healthCheckNodePort") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_port(v, &join(prefix, "healthCheckNodePort"))?),
+    };
+    Ok(ServiceOptions {
+        mode: parse_enum::<LbMode>(obj, "mode", prefix)?,
+        algorithm: parse_enum::<LbAlgorithm>(obj, "algorithm", prefix)?,
+        session_affinity,
+        external_traffic_policy: parse_enum::<TrafficPolicy>(obj, "externalTrafficPolicy", prefix)?.unwrap_or_default(),
+        internal_traffic_policy: parse_enum::<TrafficPolicy>(obj, "internalTrafficPolicy", prefix)?.unwrap_or_default(),
+        source_ranges,
+        health_check_node_port,
+    })
+}
+
+/// `{"timeoutSeconds": 10800}` (ClientIP; the timeout defaults like Kubernetes').
+fn affinity_from_json(v: &Value, prefix: &str) -> Result<SessionAffinity, FieldError> {
+    let obj = as_object(v, prefix)?;
+    reject_unknown(obj, &["timeoutSeconds"], prefix)?;
+    let field = join(prefix, "timeoutSeconds");
+    let timeout_seconds = match obj.get("timeoutSeconds") {
+        None | Some(Value::Null) => SessionAffinity::DEFAULT_TIMEOUT_SECONDS,
+        Some(v) => match v.as_i64() {
+            Some(n) if (1..=86_400).contains(&n) => n as u32,
+            _ => return Err(FieldError::new(field, format!("must be an integer from 1 to 86400 seconds, got {v}"))),
+        },
+    };
+    Ok(SessionAffinity { timeout_seconds })
+}
+
 /// Checks that need the whole service but no agent state.
 pub fn check_consistency(spec: &ServiceSpec, prefix: &str) -> Result<(), FieldError> {
+    check_type_rules(spec, prefix)?;
     let mut seen = std::collections::HashSet::new();
     for (i, b) in spec.backends.iter().enumerate() {
         let field = join(prefix, &format!("backends[{i}]"));
@@ -207,8 +296,46 @@ pub fn check_consistency(spec: &ServiceSpec, prefix: &str) -> Result<(), FieldEr
                 format!("{} is not the frontend's address family ({})", b.address, spec.frontend.address),
             ));
         }
+        if b.address.is_unspecified() {
+            return Err(FieldError::new(format!("{field}.address"), format!("{} cannot be a backend address", b.address)));
+        }
         if !seen.insert((b.address, b.port)) {
             return Err(FieldError::new(field, format!("duplicate backend {}", b.socket_addr())));
+        }
+    }
+    Ok(())
+}
+
+/// What each service type allows, as Kubernetes has it.
+fn check_type_rules(spec: &ServiceSpec, prefix: &str) -> Result<(), FieldError> {
+    let t = spec.svc_type;
+    let o = &spec.options;
+    if spec.frontend.address.is_unspecified() && !t.allows_wildcard() {
+        return Err(FieldError::new(
+            join(prefix, "frontend.address"),
+            format!("{} (every node address) is only for NodePort and HostPort services, not {t}", spec.frontend.address),
+        ));
+    }
+    if !t.is_north_south() {
+        let north_south_only = [
+            ("mode", o.mode.is_some()),
+            ("algorithm", o.algorithm.is_some()),
+            ("externalTrafficPolicy", !o.external_traffic_policy.is_cluster()),
+        ];
+        if let Some((field, _)) = north_south_only.iter().find(|(_, set)| *set) {
+            return Err(FieldError::new(join(prefix, field), format!("applies to traffic from outside the node (NodePort, LoadBalancer, ExternalIPs, HostPort), not {t}")));
+        }
+    }
+    if !o.source_ranges.is_empty() && t != ServiceType::LoadBalancer {
+        return Err(FieldError::new(join(prefix, "loadBalancerSourceRanges"), format!("only LoadBalancer services have source ranges, not {t}")));
+    }
+    if let Some(port) = o.health_check_node_port {
+        let field = join(prefix, "healthCheckNodePort");
+        if !matches!(t, ServiceType::NodePort | ServiceType::LoadBalancer) || o.external_traffic_policy.is_cluster() {
+            return Err(FieldError::new(field, "needs a NodePort or LoadBalancer service with externalTrafficPolicy Local"));
+        }
+        if port == spec.frontend.port {
+            return Err(FieldError::new(field, format!("{port} is the service's own port")));
         }
     }
     Ok(())
@@ -297,6 +424,16 @@ pub fn parse_frontend_arg(s: &str) -> Result<L4Addr, String> {
         Some((a, p)) => (a, p.parse::<Protocol>()?),
         None => (s, Protocol::Tcp),
     };
+    let (host, _) = addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not IP:PORT"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = host.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+        if ip.is_unspecified() {
+            // The wildcard frontend of a NodePort/HostPort; the type check is the agent's.
+            let port = addr.rsplit_once(':').map(|(_, p)| p).unwrap_or_default();
+            let port: i64 = port.parse().map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
+            return Ok(L4Addr::new(ip, check_port(port)?, proto));
+        }
+    }
     let (ip, port) = parse_ip_port(addr)?;
     Ok(L4Addr::new(ip, port, proto))
 }
@@ -357,6 +494,50 @@ mod tests {
         assert_eq!(e.field, "services[1].frontend");
         let e = apply_from_json(&json!([{"frontend": {"address": "10.96.0.1", "port": "x"}}])).unwrap_err();
         assert_eq!(e.field, "services[0].frontend.port");
+    }
+
+    #[test]
+    fn north_south_options_parse_and_are_checked_against_the_type() {
+        let s = service_spec_from_json(
+            &json!({"frontend": {"address": "0.0.0.0", "port": 30080}, "type": "NodePort",
+                    "backends": [{"address": "10.0.1.2", "port": 8080, "node": "node-1"}],
+                    "mode": "dsr", "algorithm": "maglev", "sessionAffinity": {},
+                    "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000}),
+            "",
+        )
+        .unwrap();
+        assert_eq!(s.options.mode, Some(LbMode::Dsr));
+        assert_eq!(s.options.session_affinity.unwrap().timeout_seconds, 10_800);
+        assert_eq!(s.backends[0].node.as_deref(), Some("node-1"));
+        let back: ServiceSpec = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s, "the wire form round-trips");
+
+        let e = err(json!({"frontend": {"address": "0.0.0.0", "port": 80}}));
+        assert_eq!(e.field, "frontend.address");
+        let e = err(json!({"frontend": {"address": "10.96.0.1", "port": 80}, "mode": "dsr"}));
+        assert_eq!(e.field, "mode");
+        let e = err(json!({"frontend": {"address": "10.0.0.9", "port": 80}, "type": "LoadBalancer", "mode": "tunnel"}));
+        assert_eq!(e.field, "mode");
+        let e = err(json!({"frontend": {"address": "10.0.0.9", "port": 80}, "type": "LoadBalancer",
+                           "loadBalancerSourceRanges": ["10.0.0.0/8", "10.1.2.3/16"]}));
+        assert_eq!(e.field, "loadBalancerSourceRanges[1]");
+        let e = err(json!({"frontend": {"address": "10.0.0.9", "port": 80}, "type": "NodePort",
+                           "loadBalancerSourceRanges": ["10.0.0.0/8"]}));
+        assert_eq!(e.field, "loadBalancerSourceRanges");
+        let e = err(json!({"frontend": {"address": "0.0.0.0", "port": 30080}, "type": "NodePort", "healthCheckNodePort": 32000}));
+        assert_eq!(e.field, "healthCheckNodePort");
+        let e = err(json!({"frontend": {"address": "0.0.0.0", "port": 30080}, "type": "NodePort", "sessionAffinity": {"timeoutSeconds": 0}}));
+        assert_eq!(e.field, "sessionAffinity.timeoutSeconds");
+        assert_eq!(parse_frontend_arg("0.0.0.0:30080/udp").unwrap().to_string(), "0.0.0.0:30080/UDP");
+    }
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.77.0.0/24".parse().unwrap();
+        assert!(c.contains(&"10.77.0.9".parse().unwrap()) && !c.contains(&"10.78.0.9".parse().unwrap()));
+        assert!("fd00::/8".parse::<Cidr>().unwrap().contains(&"fd77::2".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(&"1.2.3.4".parse().unwrap()));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub fn spec(i: usize) -> ServiceSpec {
         frontend: L4Addr::new(IpAddr::V4(*v.ip()), v.port(), Protocol::Tcp),
         backends: backends(i).into_iter().map(|b| Backend::new(IpAddr::V4(*b.ip()), b.port())).collect(),
         svc_type: ServiceType::ClusterIP,
+        options: Default::default(),
     }
 }
 

@@ -89,6 +89,7 @@ mod tests {
             frontend: L4Addr::new(frontend.parse().unwrap(), 80, proto),
             backends: backends.iter().map(|b| Backend::new(b.parse().unwrap(), 8080)).collect(),
             svc_type: ServiceType::ClusterIP,
+            options: Default::default(),
         }
     }
 

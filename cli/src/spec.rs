@@ -50,7 +50,7 @@ pub fn from_flags(args: &UpdateArgs) -> Result<(u32, ServiceSpec)> {
     let frontend = validate::parse_frontend_arg(args.frontend.trim()).map_err(|m| anyhow!("--frontend: {m}"))?;
     let backends = parse_backends_arg(&args.backends).map_err(|m| anyhow!("--backends: {m}"))?;
     let svc_type: ServiceType = args.svc_type.parse().map_err(|m: String| anyhow!("--type: {m}"))?;
-    let spec = ServiceSpec { id: Some(id), name: args.name.clone(), frontend, backends, svc_type };
+    let spec = ServiceSpec { id: Some(id), name: args.name.clone(), frontend, backends, svc_type, options: Default::default() };
     // The whole-service rules (name syntax, one address family, no duplicate
     // backend) live in the API crate; run them on the wire form so the CLI
     // can never accept what the agent would refuse.

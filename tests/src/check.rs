@@ -14,6 +14,7 @@ pub fn spec(name: &str, frontend: SocketAddr, protocol: Protocol, backends: &[So
         frontend: L4Addr::new(frontend.ip(), frontend.port(), protocol),
         backends: backends.iter().map(|b| Backend::new(b.ip(), b.port())).collect(),
         svc_type: ServiceType::ClusterIP,
+        options: Default::default(),
     }
 }
 

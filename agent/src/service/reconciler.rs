@@ -578,6 +578,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             svc_type: ServiceType::ClusterIP,
+            options: Default::default(),
         }
     }
 
