@@ -156,7 +156,7 @@ mod tests {
         assert!(err(&args("10.96.0.10:80", "fd00::2:80")).starts_with("--backends:"));
         assert!(err(&args("10.96.0.10:80", "10.0.0.2:80,10.0.0.2:80")).starts_with("--backends: duplicate backend"));
         let mut a = args("10.96.0.10:80", "");
-        a.svc_type = "NodePort".into();
+        a.svc_type = "Headless".into();
         assert!(err(&a).starts_with("--type:"));
         a = args("10.96.0.10:80", "");
         a.id = "0".into();
