@@ -2,6 +2,7 @@
 //! file (`--config`), flags winning over the file. The four paths make two
 //! agents on one machine fully independent.
 
+use axon_api::{LbAlgorithm, LbMode};
 use clap::Parser;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,21 @@ pub struct Flags {
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// This node's name: backends whose `node` matches are local [default: the hostname].
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// North-south mode for services that do not choose: snat, dsr or hybrid [default: snat].
+    #[arg(long)]
+    pub lb_mode: Option<String>,
+    /// North-south backend selection for services that do not choose: random or maglev [default: random].
+    #[arg(long)]
+    pub lb_algorithm: Option<String>,
+    /// NodePort range, MIN-MAX [default: 30000-32767].
+    #[arg(long)]
+    pub nodeport_range: Option<String>,
+    /// Entries of each Maglev table, a prime [default: 16381].
+    #[arg(long)]
+    pub maglev_table_size: Option<u32>,
     /// Detach every program and remove every pin under --bpffs-root, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -61,6 +77,11 @@ pub struct FileConfig {
     pub lb_revnat_map_max: Option<u32>,
     pub lb_sock_revnat_map_max: Option<u32>,
     pub log_level: Option<String>,
+    pub node_name: Option<String>,
+    pub lb_mode: Option<String>,
+    pub lb_algorithm: Option<String>,
+    pub nodeport_range: Option<String>,
+    pub maglev_table_size: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +96,11 @@ pub struct Config {
     pub lb_revnat_map_max: u32,
     pub lb_sock_revnat_map_max: u32,
     pub log_level: String,
+    pub node_name: String,
+    pub lb_mode: LbMode,
+    pub lb_algorithm: LbAlgorithm,
+    pub nodeport_range: (u16, u16),
+    pub maglev_table_size: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +146,11 @@ impl Config {
                 .or(file.lb_sock_revnat_map_max)
                 .unwrap_or(axon_bpf::maps::defaults::SOCK_REVNAT_ENTRIES),
             log_level: flags.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
+            node_name: flags.node_name.clone().or(file.node_name).unwrap_or_else(hostname),
+            lb_mode: parse_setting("lb-mode", flags.lb_mode.clone().or(file.lb_mode), LbMode::Snat)?,
+            lb_algorithm: parse_setting("lb-algorithm", flags.lb_algorithm.clone().or(file.lb_algorithm), LbAlgorithm::Random)?,
+            nodeport_range: parse_range("nodeport-range", flags.nodeport_range.clone().or(file.nodeport_range), (30000, 32767))?,
+            maglev_table_size: flags.maglev_table_size.or(file.maglev_table_size).unwrap_or(crate::service::maglev::DEFAULT_TABLE_SIZE),
         };
         config.validate()?;
         Ok(config)
@@ -131,6 +162,19 @@ impl Config {
                 field: "max-backends-per-service",
                 message: "must be between 1 and 65535".into(),
             });
+        }
+        if !crate::service::maglev::is_prime(self.maglev_table_size) || self.maglev_table_size > 1 << 20 {
+            return Err(ConfigError::Invalid {
+                field: "maglev-table-size",
+                message: format!(
+                    "{} is not a prime up to 1048576 (try one of {:?})",
+                    self.maglev_table_size,
+                    crate::service::maglev::SUGGESTED_SIZES
+                ),
+            });
+        }
+        if self.node_name.is_empty() {
+            return Err(ConfigError::Invalid { field: "node-name", message: "must not be empty".into() });
         }
         for (field, v) in [
             ("lb-service-map-max", self.lb_service_map_max),
@@ -144,6 +188,30 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn parse_setting<T: std::str::FromStr<Err = String>>(field: &'static str, value: Option<String>, default: T) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|message| ConfigError::Invalid { field, message }),
+    }
+}
+
+/// `MIN-MAX`, both ports, MIN <= MAX.
+pub fn parse_range(field: &'static str, value: Option<String>, default: (u16, u16)) -> Result<(u16, u16), ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    let invalid = |message: String| ConfigError::Invalid { field, message };
+    let (lo, hi) = v.split_once('-').ok_or_else(|| invalid(format!("{v:?} is not MIN-MAX")))?;
+    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| invalid(format!("{p:?} is not a port (1-65535)")));
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo > hi {
+        return Err(invalid(format!("{lo} is above {hi}")));
+    }
+    Ok((lo, hi))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -170,6 +238,18 @@ pub fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn north_south_settings_are_checked() {
+        let base = ["axon-agent", "--cgroup-root", "/tmp/cg"];
+        let parse = |extra: &[&str]| Config::from_flags(&Flags::parse_from(base.iter().chain(extra)));
+        let c = parse(&["--lb-mode", "hybrid", "--nodeport-range", "20000-20100", "--node-name", "n1"]).unwrap();
+        assert_eq!((c.lb_mode, c.nodeport_range, c.node_name.as_str()), (LbMode::Hybrid, (20000, 20100), "n1"));
+        assert!(parse(&["--lb-mode", "tunnel"]).unwrap_err().to_string().starts_with("lb-mode:"));
+        assert!(parse(&["--nodeport-range", "32767-30000"]).unwrap_err().to_string().starts_with("nodeport-range:"));
+        assert!(parse(&["--maglev-table-size", "16384"]).unwrap_err().to_string().starts_with("maglev-table-size:"));
+        assert_eq!(parse(&["--lb-algorithm", "maglev"]).unwrap().lb_algorithm, LbAlgorithm::Maglev);
+    }
 
     #[test]
     fn finds_cgroup2_on_a_hybrid_host() {

@@ -9,5 +9,6 @@
 pub mod api;
 pub mod config;
 pub mod datapath;
+pub mod health;
 pub mod service;
 pub mod store;

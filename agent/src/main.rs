@@ -6,6 +6,7 @@ use anyhow::Context;
 use axon_agent::api::{self, ApiState, StatusProvider};
 use axon_agent::config::{Config, Flags};
 use axon_agent::datapath::{self, Datapath, DatapathConfig};
+use axon_agent::service::reconciler::LbSettings;
 use axon_agent::service::{Limits, ServiceManager};
 use axon_agent::store::Store;
 use axon_api::Status;
@@ -64,11 +65,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (dp, maps) = Datapath::load(&dp_config).context("loading the datapath")?;
     let store = Store::open(&config.state_dir).context("opening the state store")?;
-    let limits = Limits { max_backends_per_service: config.max_backends_per_service };
-    let manager = ServiceManager::start(store, Box::new(maps), limits).context("restoring services")?;
+    let limits = Limits { max_backends_per_service: config.max_backends_per_service, nodeport_range: config.nodeport_range };
+    let settings = LbSettings {
+        node_name: config.node_name.clone(),
+        default_mode: config.lb_mode,
+        default_algorithm: config.lb_algorithm,
+        maglev_table_size: config.maglev_table_size,
+    };
+    let manager = ServiceManager::start(store, Box::new(maps), limits, settings).context("restoring services")?;
+    let manager = Arc::new(Mutex::new(manager));
+    tokio::spawn(axon_agent::health::run(manager.clone()));
     let listener = api::bind(&config.api_socket)?;
     let state = Arc::new(ApiState {
-        manager: Arc::new(Mutex::new(manager)),
+        manager,
         status_provider: Box::new(DatapathStatus(Mutex::new(dp))),
         status_template: Status {
             version: env!("CARGO_PKG_VERSION").to_string(),

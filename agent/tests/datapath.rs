@@ -11,7 +11,7 @@
 
 use axon_agent::datapath::{
     cgroup2_mount, cleanup, AyaLbMaps, BackendValue, Datapath, DatapathConfig, DatapathError, Family, LbMaps,
-    LinkAction, SlotValue,
+    LinkAction, SlotKey, SlotValue,
 };
 use axon_api::{L4Addr, Protocol};
 use axon_bpf::maps::svc_type;
@@ -131,7 +131,7 @@ fn put_service(maps: &mut AyaLbMaps, frontend: L4Addr, rev_nat: u32, backends: &
     }
     for (slot, &(id, _)) in (1u16..).zip(backends) {
         let value = SlotValue { backend_id: id, rev_nat_index: rev_nat, ..SlotValue::default() };
-        maps.put_slot(&frontend, slot, &value).expect("put_slot");
+        maps.put_slot(&SlotKey { frontend, scope: 0, slot }, &value).expect("put_slot");
     }
     maps.put_rev_nat(rev_nat, &frontend).expect("put_rev_nat");
     let master = SlotValue {
@@ -141,7 +141,7 @@ fn put_service(maps: &mut AyaLbMaps, frontend: L4Addr, rev_nat: u32, backends: &
         svc_type: svc_type::CLUSTER_IP,
         flags: 0,
     };
-    maps.put_slot(&frontend, 0, &master).expect("put master slot");
+    maps.put_slot(&SlotKey { frontend, scope: 0, slot: 0 }, &master).expect("put master slot");
 }
 
 // ------------------------------------------------------------- client --
@@ -390,11 +390,11 @@ fn socket_lb_serves_through_the_vip_and_survives_restarts() {
     put_service(&mut maps, l4(shrinking, Protocol::Tcp), 104, &lab.tcp[..1]);
     let stale_master =
         SlotValue { rev_nat_index: 104, count: 3, svc_type: svc_type::CLUSTER_IP, ..SlotValue::default() };
-    maps.put_slot(&l4(shrinking, Protocol::Tcp), 0, &stale_master).expect("stale master");
+    maps.put_slot(&SlotKey { frontend: l4(shrinking, Protocol::Tcp), scope: 0, slot: 0 }, &stale_master).expect("stale master");
     let results = run_client(&cgroup.0, &vec![format!("tcp {shrinking}"); 8]);
     assert!(results.iter().all(|r| r.starts_with("ok name=tcp-b1 ")), "{results:?}");
     for slot in 0..=1 {
-        maps.delete_slot(&l4(shrinking, Protocol::Tcp), slot).expect("removing the shrinking service");
+        maps.delete_slot(&SlotKey { frontend: l4(shrinking, Protocol::Tcp), scope: 0, slot }).expect("removing the shrinking service");
     }
     maps.delete_rev_nat(104, Family::V4).expect("removing the shrinking service");
 
@@ -492,7 +492,7 @@ fn map_full_is_an_error_and_absent_deletes_are_fine() {
     maps.delete_backend(42, Family::V4).expect("deleting an absent backend");
     maps.delete_rev_nat(42, Family::V6).expect("deleting an absent rev-NAT");
     let frontend = L4Addr::new(IpAddr::from([10, 213, 0, 9]), 80, Protocol::Udp);
-    maps.delete_slot(&frontend, 0).expect("deleting an absent slot");
+    maps.delete_slot(&SlotKey { frontend, scope: 0, slot: 0 }).expect("deleting an absent slot");
 }
 
 #[test]

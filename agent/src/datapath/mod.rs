@@ -5,7 +5,7 @@
 //! Everything above this module speaks in model types (`L4Addr`, ids); only
 //! this module knows the `#[repr(C)]` layouts of `axon_bpf::maps`.
 
-use axon_api::L4Addr;
+use axon_api::{Cidr, L4Addr};
 use std::net::IpAddr;
 
 mod cleanup;
@@ -60,11 +60,32 @@ pub struct BackendValue {
     pub state: u8,
 }
 
+/// A service-map key in model terms: frontend, scope (`AXON_SCOPE_*`), slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub frontend: L4Addr,
+    pub scope: u8,
+    pub slot: u16,
+}
+
+/// A Maglev table entry: (service, scope, index) → backend id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MaglevEntry {
+    pub rev_nat_index: u32,
+    pub scope: u8,
+    pub index: u32,
+    pub backend_id: u32,
+}
+
 /// Everything the LB maps hold, read back (agent start: recover ids, find orphans).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LbSnapshot {
-    /// (frontend, slot, value) of every service-map entry, both families.
-    pub slots: Vec<(L4Addr, u16, SlotValue)>,
+    /// Every service-map entry, both families.
+    pub slots: Vec<(SlotKey, SlotValue)>,
+    /// Every Maglev table entry.
+    pub maglev: Vec<MaglevEntry>,
+    /// (rev-NAT index, range) of both source-range maps.
+    pub source_ranges: Vec<(u32, Cidr)>,
     /// (backend id, backend) of both backend maps.
     pub backends: Vec<(u32, BackendValue)>,
     /// (rev-NAT index, address, port) of both reverse-NAT maps.
@@ -77,6 +98,8 @@ pub struct LbCapacity {
     pub service_entries: u32,
     pub backend_entries: u32,
     pub rev_nat_entries: u32,
+    pub maglev_entries: u32,
+    pub source_range_entries: u32,
 }
 
 /// Why a datapath operation failed.
@@ -99,10 +122,14 @@ pub enum DatapathError {
 pub trait LbMaps: Send {
     fn put_backend(&mut self, id: u32, backend: &BackendValue) -> Result<(), DatapathError>;
     fn delete_backend(&mut self, id: u32, family: Family) -> Result<(), DatapathError>;
-    fn put_slot(&mut self, frontend: &L4Addr, slot: u16, value: &SlotValue) -> Result<(), DatapathError>;
-    fn delete_slot(&mut self, frontend: &L4Addr, slot: u16) -> Result<(), DatapathError>;
+    fn put_slot(&mut self, key: &SlotKey, value: &SlotValue) -> Result<(), DatapathError>;
+    fn delete_slot(&mut self, key: &SlotKey) -> Result<(), DatapathError>;
     fn put_rev_nat(&mut self, id: u32, frontend: &L4Addr) -> Result<(), DatapathError>;
     fn delete_rev_nat(&mut self, id: u32, family: Family) -> Result<(), DatapathError>;
+    fn put_maglev(&mut self, entry: &MaglevEntry) -> Result<(), DatapathError>;
+    fn delete_maglev(&mut self, rev_nat_index: u32, scope: u8, index: u32) -> Result<(), DatapathError>;
+    fn put_source_range(&mut self, rev_nat_index: u32, range: &Cidr) -> Result<(), DatapathError>;
+    fn delete_source_range(&mut self, rev_nat_index: u32, range: &Cidr) -> Result<(), DatapathError>;
     fn snapshot(&self) -> Result<LbSnapshot, DatapathError>;
     fn capacity(&self) -> LbCapacity;
 }

@@ -5,13 +5,15 @@
 //! where a service came from.
 
 pub mod ids;
+pub mod maglev;
 pub mod reconciler;
 
 use crate::datapath::LbMaps;
 use crate::store::{Store, StoreError};
-use axon_api::{FieldError, L4Addr, Service, ServiceSpec};
+use axon_api::{FieldError, L4Addr, Protocol, Service, ServiceSpec, ServiceType};
 use ids::IdAllocator;
-use reconciler::{Change, ReconcileError, Reconciler};
+use reconciler::{Change, LbSettings, ReconcileError, Reconciler};
+use std::net::IpAddr;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tracing::{error, info};
 
@@ -19,12 +21,46 @@ use tracing::{error, info};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_backends_per_service: usize,
+    /// NodePorts and health check ports come from this range (inclusive).
+    pub nodeport_range: (u16, u16),
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_backends_per_service: 4096 }
+        Self { max_backends_per_service: 4096, nodeport_range: (30000, 32767) }
     }
+}
+
+/// A node-wide port a service holds: a NodePort/HostPort frontend, or a
+/// health check port. Two claims collide on the same port and protocol when
+/// either is on every address or both are on the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PortClaim {
+    port: u16,
+    protocol: Protocol,
+    address: IpAddr,
+    /// Which field of the service holds it, for messages.
+    field: &'static str,
+}
+
+fn port_claims(svc: &Service) -> Vec<PortClaim> {
+    let mut claims = Vec::new();
+    if svc.svc_type.allows_wildcard() {
+        let f = svc.frontend;
+        claims.push(PortClaim { port: f.port, protocol: f.protocol, address: f.address, field: "frontend.port" });
+    }
+    if let Some(port) = svc.options.health_check_node_port {
+        let any = if svc.frontend.address.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u8; 16]) };
+        claims.push(PortClaim { port, protocol: Protocol::Tcp, address: any, field: "healthCheckNodePort" });
+    }
+    claims
+}
+
+fn claims_collide(a: &PortClaim, b: &PortClaim) -> bool {
+    a.port == b.port
+        && a.protocol == b.protocol
+        && a.address.is_ipv4() == b.address.is_ipv4()
+        && (a.address.is_unspecified() || b.address.is_unspecified() || a.address == b.address)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +105,8 @@ pub struct ServiceManager {
     services: BTreeMap<u32, Service>,
     frontends: HashMap<L4Addr, u32>,
     service_ids: IdAllocator,
+    /// (port, protocol) → the services holding node-wide ports on it.
+    port_owners: HashMap<(u16, Protocol), HashSet<u32>>,
     store: Store,
     reconciler: Reconciler,
     limits: Limits,
@@ -87,9 +125,9 @@ impl ServiceManager {
     /// Loads the store, rebuilds the datapath model from the pinned maps and
     /// makes the maps match the store (removing orphans): the same path as any
     /// change, so every start exercises it.
-    pub fn start(store: Store, maps: Box<dyn LbMaps>, limits: Limits) -> Result<Self, ServiceError> {
+    pub fn start(store: Store, maps: Box<dyn LbMaps>, limits: Limits, settings: LbSettings) -> Result<Self, ServiceError> {
         let stored = store.load_all()?;
-        let mut reconciler = Reconciler::restore(maps).map_err(from_reconcile)?;
+        let mut reconciler = Reconciler::restore(maps, settings).map_err(from_reconcile)?;
         let mut service_ids = IdAllocator::new(1, u32::MAX - 1);
         let mut services = BTreeMap::new();
         let mut frontends = HashMap::new();
@@ -103,7 +141,29 @@ impl ServiceManager {
         }
         reconciler.sync(services.values()).map_err(from_reconcile)?;
         info!(services = services.len(), "service state reconciled into the datapath");
-        Ok(Self { services, frontends, service_ids, store, reconciler, limits })
+        let mut manager = Self { services, frontends, service_ids, port_owners: HashMap::new(), store, reconciler, limits };
+        let all: Vec<Service> = manager.services.values().cloned().collect();
+        for svc in &all {
+            manager.index_ports(svc);
+        }
+        Ok(manager)
+    }
+
+    fn index_ports(&mut self, svc: &Service) {
+        for c in port_claims(svc) {
+            self.port_owners.entry((c.port, c.protocol)).or_default().insert(svc.id);
+        }
+    }
+
+    fn unindex_ports(&mut self, svc: &Service) {
+        for c in port_claims(svc) {
+            if let Some(owners) = self.port_owners.get_mut(&(c.port, c.protocol)) {
+                owners.remove(&svc.id);
+                if owners.is_empty() {
+                    self.port_owners.remove(&(c.port, c.protocol));
+                }
+            }
+        }
     }
 
     pub fn list(&self) -> Vec<Service> {
@@ -170,6 +230,7 @@ impl ServiceManager {
         }
         self.services.remove(&id);
         self.frontends.remove(&svc.frontend);
+        self.unindex_ports(&svc);
         self.service_ids.release(id);
         Ok(svc)
     }
@@ -198,6 +259,7 @@ impl ServiceManager {
         let batch: Vec<Service> = specs.into_iter().zip(&ids).map(|(spec, id)| Service::from_spec(*id, spec)).collect();
         self.check_limits(&batch, prefix)?;
         self.check_frontends(&batch, prefix)?;
+        self.check_node_ports(&batch, prefix)?;
         let moved: Vec<u32> = batch
             .iter()
             .filter(|s| self.services.get(&s.id).is_some_and(|old| old.frontend != s.frontend))
@@ -222,11 +284,13 @@ impl ServiceManager {
         for svc in &batch {
             if let Some(old) = self.services.insert(svc.id, svc.clone()) {
                 self.frontends.remove(&old.frontend);
+                self.unindex_ports(&old);
             } else {
                 // Ids chosen by the client are reserved here; allocated ones already are.
                 let _ = self.service_ids.reserve(svc.id);
             }
             self.frontends.insert(svc.frontend, svc.id);
+            self.index_ports(svc);
         }
         Ok(batch)
     }
@@ -342,6 +406,51 @@ impl ServiceManager {
         Ok(())
     }
 
+    /// NodePorts and health check ports: inside the range, and not held by
+    /// another service on the same address (or on every address).
+    fn check_node_ports(&self, batch: &[Service], prefix: &dyn Fn(usize) -> String) -> Result<(), ServiceError> {
+        let (lo, hi) = self.limits.nodeport_range;
+        let in_batch: HashSet<u32> = batch.iter().map(|s| s.id).collect();
+        let mut batch_claims: Vec<(u32, PortClaim)> = Vec::new();
+        for (i, svc) in batch.iter().enumerate() {
+            for claim in port_claims(svc) {
+                let field = field_of(&prefix(i), claim.field);
+                let ranged = svc.svc_type == ServiceType::NodePort || claim.field == "healthCheckNodePort";
+                if ranged && !(lo..=hi).contains(&claim.port) {
+                    return Err(ServiceError::Invalid(FieldError::new(
+                        field,
+                        format!("{} is outside the NodePort range {lo}-{hi} (--nodeport-range)", claim.port),
+                    )));
+                }
+                let outside = self
+                    .port_owners
+                    .get(&(claim.port, claim.protocol))
+                    .into_iter()
+                    .flatten()
+                    .filter(|owner| **owner != svc.id && !in_batch.contains(owner))
+                    .flat_map(|owner| port_claims(&self.services[owner]).into_iter().map(move |c| (*owner, c)));
+                let mut all = outside.chain(batch_claims.iter().copied().filter(|(owner, _)| *owner != svc.id));
+                if let Some((owner, _)) = all.find(|(_, other)| claims_collide(&claim, other)) {
+                    return Err(ServiceError::Conflict(FieldError::new(
+                        field,
+                        format!("{} port {} is already taken by service {owner}", claim.protocol, claim.port),
+                    )));
+                }
+                batch_claims.push((svc.id, claim));
+            }
+        }
+        Ok(())
+    }
+
+    /// Services with a health check port and how many of their backends run
+    /// on this node, for the kube-proxy-style health check server.
+    pub fn health_checks(&self) -> Vec<(u16, Service, usize)> {
+        self.services
+            .values()
+            .filter_map(|s| s.options.health_check_node_port.map(|p| (p, s.clone(), self.reconciler.local_backend_count(s))))
+            .collect()
+    }
+
     pub fn reconciler(&self) -> &Reconciler {
         &self.reconciler
     }
@@ -366,7 +475,8 @@ mod tests {
 
         fn start(&self) -> ServiceManager {
             let store = Store::open(&self.dir).unwrap();
-            ServiceManager::start(store, Box::new(self.fake.clone()), Limits { max_backends_per_service: 4 }).unwrap()
+            let limits = Limits { max_backends_per_service: 4, ..Limits::default() };
+            ServiceManager::start(store, Box::new(self.fake.clone()), limits, LbSettings::default()).unwrap()
         }
 
         fn map_entries(&self) -> (usize, usize, usize) {
