@@ -1,15 +1,18 @@
 //! An `axon-agent` for one test: its own bpffs directory, API socket and
-//! state directory, attached to the test's cgroup only. It can be stopped
+//! state directory, attached to the test's cgroup only — and, for a lab node,
+//! running inside that node's network namespace. It can be stopped
 //! gracefully, killed, and started again on the same directories; dropping
 //! the guard kills it and runs `axon-agent --cleanup`, so no program, link or
 //! pin outlives the test. Also runs `agentctl` against it.
 
 use crate::bins;
 use crate::error::{IoContext, LabError, Result};
+use crate::netns::Netns;
 use axon_api::{Client, ClientError, Service, ServiceSpec, Status};
 use hyper::Method;
 use std::fs::OpenOptions;
 use std::future::Future;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -26,8 +29,118 @@ const CMD_WITHIN: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
     pub max_backends_per_service: Option<u32>,
+    /// `--node-name`: which backends are local (a backend's `node`).
+    pub node_name: Option<String>,
+    /// `--devices`: the node devices the north-south programs attach to.
+    pub devices: Vec<String>,
+    /// `--lb-mode`: the default north-south mode.
+    pub lb_mode: Option<LbMode>,
+    /// `--lb-algorithm`: the default backend selection.
+    pub lb_algorithm: Option<LbAlgorithm>,
+    /// `--xdp-mode`.
+    pub xdp_mode: Option<XdpSetting>,
+    /// `--nodeport-range MIN-MAX`.
+    pub nodeport_range: Option<(u16, u16)>,
     /// Appended to the command line as they are.
     pub extra_args: Vec<String>,
+}
+
+impl AgentOptions {
+    /// The flags these options add to the agent's command line.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut flag = |name: &str, value: String| {
+            args.push(name.to_string());
+            args.push(value);
+        };
+        if let Some(n) = self.max_backends_per_service {
+            flag("--max-backends-per-service", n.to_string());
+        }
+        if let Some(name) = &self.node_name {
+            flag("--node-name", name.clone());
+        }
+        if !self.devices.is_empty() {
+            flag("--devices", self.devices.join(","));
+        }
+        if let Some(m) = self.lb_mode {
+            flag("--lb-mode", m.as_str().into());
+        }
+        if let Some(a) = self.lb_algorithm {
+            flag("--lb-algorithm", a.as_str().into());
+        }
+        if let Some(x) = self.xdp_mode {
+            flag("--xdp-mode", x.as_str().into());
+        }
+        if let Some((min, max)) = self.nodeport_range {
+            flag("--nodeport-range", format!("{min}-{max}"));
+        }
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    /// Adds raw flags (builder style).
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+}
+
+/// North-south load-balancing mode (`--lb-mode`, and a service's `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbMode {
+    Snat,
+    Dsr,
+    Hybrid,
+}
+
+impl LbMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbMode::Snat => "snat",
+            LbMode::Dsr => "dsr",
+            LbMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// Backend selection (`--lb-algorithm`, and a service's `algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbAlgorithm {
+    Random,
+    Maglev,
+}
+
+impl LbAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbAlgorithm::Random => "random",
+            LbAlgorithm::Maglev => "maglev",
+        }
+    }
+}
+
+/// Where the north-south entry runs (`--xdp-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpSetting {
+    /// XDP in the driver; the agent fails if a device cannot.
+    Native,
+    /// Native where the device allows, tc elsewhere.
+    BestEffort,
+    /// Generic (skb) XDP.
+    Generic,
+    /// tc only.
+    Disabled,
+}
+
+impl XdpSetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpSetting::Native => "native",
+            XdpSetting::BestEffort => "best-effort",
+            XdpSetting::Generic => "generic",
+            XdpSetting::Disabled => "disabled",
+        }
+    }
 }
 
 /// What a finished command printed.
@@ -61,6 +174,8 @@ pub struct Agent {
     state_dir: PathBuf,
     log_path: PathBuf,
     opts: AgentOptions,
+    /// The network namespace the agent runs in (a node's), when not the test's own.
+    netns: Option<OwnedFd>,
     child: Option<Child>,
     api: Client,
     rt: tokio::runtime::Runtime,
@@ -70,6 +185,18 @@ impl Agent {
     /// Starts an agent whose directories are named after `id`, attached to
     /// `cgroup_root`, and waits until `/v1/healthz` answers.
     pub fn start(id: &str, cgroup_root: &Path, opts: AgentOptions) -> Result<Agent> {
+        Self::start_in(id, cgroup_root, None, opts)
+    }
+
+    /// Like [`Agent::start`], with the agent inside `netns` (entered with
+    /// `setns` between fork and exec, so `/sys` and its bpffs and cgroup2
+    /// mounts stay as they are — unlike `ip netns exec`). Restarts and the
+    /// final cleanup run there too.
+    pub fn start_in(id: &str, cgroup_root: &Path, netns: Option<&Netns>, opts: AgentOptions) -> Result<Agent> {
+        let netns = match netns {
+            Some(ns) => Some(ns.dup_fd()?),
+            None => None,
+        };
         let bin = bins::binary("axon-agent")?;
         ensure_bpffs()?;
         let work_dir = std::env::temp_dir().join(id);
@@ -92,6 +219,7 @@ impl Agent {
             api_socket,
             state_dir,
             opts,
+            netns,
             child: None,
             rt,
         };
@@ -113,6 +241,15 @@ impl Agent {
 
     pub fn cgroup_root(&self) -> &Path {
         &self.cgroup_root
+    }
+
+    pub fn options(&self) -> &AgentOptions {
+        &self.opts
+    }
+
+    /// Changes the options the next [`Agent::start_again`] uses.
+    pub fn set_options(&mut self, opts: AgentOptions) {
+        self.opts = opts;
     }
 
     /// The agent's pid while it runs.
@@ -145,15 +282,13 @@ impl Agent {
             .arg(&self.api_socket)
             .arg("--state-dir")
             .arg(&self.state_dir);
-        if let Some(n) = self.opts.max_backends_per_service {
-            cmd.arg("--max-backends-per-service").arg(n.to_string());
-        }
-        cmd.args(&self.opts.extra_args);
+        cmd.args(self.opts.args());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         die_with_parent(&mut cmd);
+        enter_netns(&mut cmd, self.netns.as_ref());
         let child = cmd.spawn().ctx(|| format!("starting {}", self.bin.display()))?;
         self.child = Some(child);
         self.wait_healthy()
@@ -304,15 +439,21 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
-        cleanup_bpffs(&self.bin, &self.bpffs_root);
+        cleanup_bpffs_in(&self.bin, &self.bpffs_root, self.netns.as_ref());
         let _ = std::fs::remove_dir_all(&self.work_dir);
     }
 }
 
 /// `axon-agent --cleanup --bpffs-root <dir>`, then whatever is left of the dir.
 pub(crate) fn cleanup_bpffs(bin: &Path, bpffs_root: &Path) {
+    cleanup_bpffs_in(bin, bpffs_root, None)
+}
+
+/// [`cleanup_bpffs`] run inside `netns` (where the agent attached to devices).
+fn cleanup_bpffs_in(bin: &Path, bpffs_root: &Path, netns: Option<&OwnedFd>) {
     let mut cmd = Command::new(bin);
     cmd.arg("--cleanup").arg("--bpffs-root").arg(bpffs_root);
+    enter_netns(&mut cmd, netns);
     match run_with_timeout(cmd, CMD_WITHIN) {
         Ok(out) if out.success() => {}
         Ok(out) => eprintln!("lab: axon-agent --cleanup --bpffs-root {} failed: {out}", bpffs_root.display()),
@@ -364,6 +505,23 @@ fn die_with_parent(cmd: &mut Command) {
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The child enters `netns` (if given) between fork and exec.
+fn enter_netns(cmd: &mut Command, netns: Option<&OwnedFd>) {
+    let Some(fd) = netns.map(|f| f.as_raw_fd()) else {
+        return;
+    };
+    // SAFETY: setns is async-signal-safe; the fd stays open (held by the
+    // Agent) until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

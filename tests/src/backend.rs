@@ -1,6 +1,6 @@
 //! Backend servers: threads of the test process that enter a backend's
-//! namespace and answer TCP and UDP on one port with the backend's name (see
-//! [`crate::probe`]). They run outside the test cgroup, so the socket-LB never
+//! namespace and answer TCP and UDP on one port with the backend's name — and,
+//! for a reporting server, the peer address it saw (see [`crate::probe`]). They run outside the test cgroup, so the socket-LB never
 //! touches their side of the traffic.
 
 use crate::error::{IoContext, LabError, Result};
@@ -18,6 +18,29 @@ use std::time::Duration;
 /// handler threads whatever a client does.
 const IDLE: Duration = Duration::from_secs(5);
 
+/// What the first line of an answer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyStyle {
+    /// `"<name>\n"`.
+    Name,
+    /// `"<name> from <peer>\n"`: the address the connection or datagram came from.
+    NameAndPeer,
+}
+
+impl ReplyStyle {
+    fn first_line(self, name: &str, peer: SocketAddr, payload: &[u8]) -> Vec<u8> {
+        match self {
+            ReplyStyle::Name => probe::reply(name, payload),
+            ReplyStyle::NameAndPeer => probe::reply_from(name, canonical(peer), payload),
+        }
+    }
+}
+
+/// A dual-stack socket shows IPv4 peers as `::ffff:a.b.c.d`; tests compare plain IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// A running server; stops (and joins its thread) on drop.
 #[derive(Debug)]
 pub struct BackendServer {
@@ -29,8 +52,18 @@ pub struct BackendServer {
 }
 
 impl BackendServer {
-    /// Listens on `[::]:port` (dual-stack, TCP and UDP) inside `netns`.
+    /// Listens on `[::]:port` (dual-stack, TCP and UDP) inside `netns`,
+    /// answering with the name alone.
     pub fn start(netns: &Netns, name: &str, port: u16) -> Result<BackendServer> {
+        Self::start_with(netns, name, port, ReplyStyle::Name)
+    }
+
+    /// Like [`BackendServer::start`], answering `"<name> from <peer>"`.
+    pub fn start_reporting(netns: &Netns, name: &str, port: u16) -> Result<BackendServer> {
+        Self::start_with(netns, name, port, ReplyStyle::NameAndPeer)
+    }
+
+    pub fn start_with(netns: &Netns, name: &str, port: u16, style: ReplyStyle) -> Result<BackendServer> {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
@@ -45,7 +78,7 @@ impl BackendServer {
                 move || match enter(ns_fd, &label).and_then(|()| bind(port)) {
                     Ok((tcp, udp)) => {
                         let _ = ready_tx.send(Ok(()));
-                        serve(&name, &tcp, &udp, &stop, &served);
+                        serve(&name, style, &tcp, &udp, &stop, &served);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -101,7 +134,7 @@ fn bind(port: u16) -> Result<(TcpListener, UdpSocket)> {
     Ok((tcp, udp))
 }
 
-fn serve(name: &str, tcp: &TcpListener, udp: &UdpSocket, stop: &AtomicBool, served: &AtomicU64) {
+fn serve(name: &str, style: ReplyStyle, tcp: &TcpListener, udp: &UdpSocket, stop: &AtomicBool, served: &AtomicU64) {
     let mut fds = [
         libc::pollfd { fd: tcp.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: udp.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -113,27 +146,27 @@ fn serve(name: &str, tcp: &TcpListener, udp: &UdpSocket, stop: &AtomicBool, serv
         if n <= 0 {
             continue;
         }
-        while let Ok((stream, _)) = tcp.accept() {
+        while let Ok((stream, peer)) = tcp.accept() {
             served.fetch_add(1, Ordering::Relaxed);
-            let name = name.to_string();
+            let first = style.first_line(name, peer, b"");
             // A thread per connection: echo clients may hold it open a while.
-            let _ = std::thread::Builder::new().name("lab-conn".into()).spawn(move || handle_tcp(&name, stream));
+            let _ = std::thread::Builder::new().name("lab-conn".into()).spawn(move || handle_tcp(&first, stream));
         }
         while let Ok((len, from)) = udp.recv_from(&mut buf) {
             served.fetch_add(1, Ordering::Relaxed);
-            let _ = udp.send_to(&probe::reply(name, &buf[..len]), from);
+            let _ = udp.send_to(&style.first_line(name, from, &buf[..len]), from);
         }
     }
 }
 
-fn handle_tcp(name: &str, mut stream: TcpStream) {
+fn handle_tcp(first_line: &[u8], mut stream: TcpStream) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(IDLE));
     let _ = stream.set_write_timeout(Some(IDLE));
-    if stream.write_all(&probe::reply(name, b"")).is_err() {
+    if stream.write_all(first_line).is_err() {
         return;
     }
-    let mut buf = [0u8; 16384];
+    let mut buf = vec![0u8; 65536];
     loop {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return,

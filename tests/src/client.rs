@@ -1,14 +1,17 @@
-//! Running `lab-client` inside the lab: a real process in the client
-//! namespace *and* the test's cgroup, which is where the socket-LB hooks
-//! fire. Its JSON lines (see [`crate::probe`]) are parsed back here.
+//! Running `lab-client` inside the lab: a real process in a lab namespace —
+//! for socket-LB tests the client namespace *and* the test's cgroup, which is
+//! where the socket-LB hooks fire ([`Place`]). Its JSON lines (see
+//! [`crate::probe`]) are parsed back here; [`Probe`] builds its command line.
 
 use crate::bins;
+use crate::cgroup::Cgroup;
 use crate::error::{IoContext, LabError, Result};
-use crate::probe::{Attempt, ClientEnv, LoadSummary};
+use crate::netns::Netns;
+use crate::probe::{Attempt, ClientEnv, HttpAnswer, LoadSummary};
 use crate::topology::Lab;
 use std::ffi::CString;
 use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
@@ -42,7 +45,8 @@ impl ClientRun {
         self.json_lines::<LoadSummary>()?.pop().ok_or_else(|| self.error("no summary line"))
     }
 
-    fn json_lines<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
+    /// Every stdout line parsed as a `T` (fails when the client failed).
+    pub fn json_lines<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
         if !self.status.success() {
             return Err(self.error("exited with failure"));
         }
@@ -101,32 +105,219 @@ impl Drop for RunningClient {
     }
 }
 
-impl Lab {
-    /// `lab-client <args>` as a command that enters the client namespace and
-    /// the lab's cgroup between fork and exec.
-    pub fn client_command(&self, args: &[String]) -> Result<Command> {
+/// Where `lab-client` runs: a namespace, and optionally a cgroup to join.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    netns: &'a Netns,
+    cgroup: Option<&'a Cgroup>,
+}
+
+impl<'a> Place<'a> {
+    pub fn new(netns: &'a Netns, cgroup: Option<&'a Cgroup>) -> Self {
+        Place { netns, cgroup }
+    }
+
+    pub fn netns(&self) -> &'a Netns {
+        self.netns
+    }
+
+    /// `lab-client <args>` as a command that joins the cgroup and enters the
+    /// namespace between fork and exec.
+    pub fn command(&self, args: &[String]) -> Result<Command> {
         let mut cmd = Command::new(bins::binary("lab-client")?);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let procs: CString = self.cgroup().procs_cstr().clone();
-        let ns_fd = self.client().netns().raw_fd();
+        let procs: Option<CString> = self.cgroup.map(|c| c.procs_cstr().clone());
+        let ns_fd = self.netns.raw_fd();
         // SAFETY: the hook only makes async-signal-safe syscalls on data prepared before fork.
         unsafe {
-            cmd.pre_exec(move || enter_lab(&procs, ns_fd));
+            cmd.pre_exec(move || enter_place(procs.as_ref(), ns_fd));
         }
         Ok(cmd)
     }
 
     /// Starts `lab-client <args>`; it is killed if still running after `limit`.
-    pub fn spawn_client(&self, args: &[String], limit: Duration) -> Result<RunningClient> {
-        let mut child = self.client_command(args)?.spawn().ctx(|| format!("starting lab-client {args:?}"))?;
+    pub fn spawn(&self, args: &[String], limit: Duration) -> Result<RunningClient> {
+        let mut child = self.command(args)?.spawn().ctx(|| format!("starting lab-client {args:?}"))?;
         let stdout = child.stdout.take().map(drain);
         let stderr = child.stderr.take().map(drain);
         Ok(RunningClient { child: Some(child), stdout, stderr, deadline: Instant::now() + limit })
     }
 
     /// Runs `lab-client <args>` to the end (at most `limit`).
+    pub fn run(&self, args: &[String], limit: Duration) -> Result<ClientRun> {
+        self.spawn(args, limit)?.wait()
+    }
+
+    /// Runs a [`Probe`] and parses its attempts.
+    pub fn probe(&self, probe: &Probe) -> Result<Vec<Attempt>> {
+        self.run(&probe.args(), probe.limit())?.attempts()
+    }
+
+    /// One HTTP/1.0 GET of `path` at `addr`.
+    pub fn http(&self, addr: SocketAddr, path: &str) -> Result<HttpAnswer> {
+        let run = self.run(&strings(&["http", &addr.to_string(), "--path", path]), Duration::from_secs(10))?;
+        run.json_lines::<HttpAnswer>()?.pop().ok_or_else(|| run.error("no answer line"))
+    }
+
+    /// Tries to bind `addr` (TCP, and listen; or UDP): `ok`, or the errno.
+    pub fn try_bind(&self, addr: SocketAddr, udp: bool) -> Result<Attempt> {
+        let mut args = strings(&["bind", &addr.to_string()]);
+        if udp {
+            args.push("--udp".into());
+        }
+        let run = self.run(&args, Duration::from_secs(10))?;
+        run.json_lines::<Attempt>()?.pop().ok_or_else(|| run.error("no bind line"))
+    }
+
+    /// Where a client process lands: its cgroup and network namespace.
+    pub fn env(&self) -> Result<ClientEnv> {
+        let run = self.run(&strings(&["env"]), Duration::from_secs(10))?;
+        run.json_lines::<ClientEnv>()?.pop().ok_or_else(|| run.error("no env line"))
+    }
+}
+
+/// One `lab-client tcp|udp` run, built up from its options.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    udp: bool,
+    addr: SocketAddr,
+    count: u32,
+    unconnected: bool,
+    send_bytes: usize,
+    payload_bytes: usize,
+    timeout: Duration,
+    bind: Option<IpAddr>,
+    source_port: Option<u16>,
+}
+
+impl Probe {
+    /// One TCP connection to `addr`, reading the backend's first line.
+    pub fn tcp(addr: SocketAddr) -> Probe {
+        Probe {
+            udp: false,
+            addr,
+            count: 1,
+            unconnected: false,
+            send_bytes: 0,
+            payload_bytes: 0,
+            timeout: Duration::from_secs(2),
+            bind: None,
+            source_port: None,
+        }
+    }
+
+    /// One UDP request to `addr` from a fresh connected socket.
+    pub fn udp(addr: SocketAddr) -> Probe {
+        Probe { udp: true, timeout: Duration::from_secs(1), ..Probe::tcp(addr) }
+    }
+
+    /// TCP or UDP by protocol name (`"TCP"`/`"UDP"`, any case).
+    pub fn of(proto: &str, addr: SocketAddr) -> Probe {
+        if proto.eq_ignore_ascii_case("udp") {
+            Probe::udp(addr)
+        } else {
+            Probe::tcp(addr)
+        }
+    }
+
+    pub fn count(mut self, n: u32) -> Probe {
+        self.count = n;
+        self
+    }
+
+    /// UDP: one socket, `sendto()` per datagram.
+    pub fn unconnected(mut self) -> Probe {
+        self.unconnected = true;
+        self
+    }
+
+    /// TCP: send `n` bytes per connection and check the echo (content checksums both ways).
+    pub fn send_bytes(mut self, n: usize) -> Probe {
+        self.send_bytes = n;
+        self
+    }
+
+    /// UDP: pad each datagram to `n` bytes.
+    pub fn payload_bytes(mut self, n: usize) -> Probe {
+        self.payload_bytes = n;
+        self
+    }
+
+    /// Per socket call (connect, each read): what "no answer" waits for.
+    pub fn timeout(mut self, t: Duration) -> Probe {
+        self.timeout = t;
+        self
+    }
+
+    /// Source address: one of the client's own.
+    pub fn bind(mut self, ip: IpAddr) -> Probe {
+        self.bind = Some(ip);
+        self
+    }
+
+    /// Source port, the same for every attempt: one 5-tuple throughout.
+    pub fn source_port(mut self, port: u16) -> Probe {
+        self.source_port = Some(port);
+        self
+    }
+
+    /// The `lab-client` command line.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = strings(&[
+            if self.udp { "udp" } else { "tcp" },
+            &self.addr.to_string(),
+            "--count",
+            &self.count.to_string(),
+            "--timeout-ms",
+            &self.timeout.as_millis().to_string(),
+        ]);
+        if self.udp {
+            if self.unconnected {
+                args.push("--unconnected".into());
+            }
+            if self.payload_bytes > 0 {
+                args.extend(strings(&["--payload-bytes", &self.payload_bytes.to_string()]));
+            }
+        } else if self.send_bytes > 0 {
+            args.extend(strings(&["--send-bytes", &self.send_bytes.to_string()]));
+        }
+        if let Some(ip) = self.bind {
+            args.extend(strings(&["--bind", &ip.to_string()]));
+        }
+        if let Some(port) = self.source_port {
+            args.extend(strings(&["--source-port", &port.to_string()]));
+        }
+        args
+    }
+
+    /// How long the whole run may take before it is killed.
+    pub fn limit(&self) -> Duration {
+        // A transfer moves at well over 1 MB/s even unoptimised.
+        let transfer = Duration::from_secs((self.send_bytes / 1_000_000) as u64);
+        Duration::from_secs(10) + (self.timeout * 2 + transfer) * self.count
+    }
+}
+
+impl Lab {
+    /// Where this lab's clients run: the client namespace and the lab's cgroup.
+    pub fn client_place(&self) -> Place<'_> {
+        Place::new(self.client().netns(), Some(self.cgroup()))
+    }
+
+    /// `lab-client <args>` as a command that enters the client namespace and
+    /// the lab's cgroup between fork and exec.
+    pub fn client_command(&self, args: &[String]) -> Result<Command> {
+        self.client_place().command(args)
+    }
+
+    /// Starts `lab-client <args>`; it is killed if still running after `limit`.
+    pub fn spawn_client(&self, args: &[String], limit: Duration) -> Result<RunningClient> {
+        self.client_place().spawn(args, limit)
+    }
+
+    /// Runs `lab-client <args>` to the end (at most `limit`).
     pub fn run_client(&self, args: &[String], limit: Duration) -> Result<ClientRun> {
-        self.spawn_client(args, limit)?.wait()
+        self.client_place().run(args, limit)
     }
 
     /// `count` TCP requests to `addr`, each on a new connection.
@@ -153,8 +344,7 @@ impl Lab {
 
     /// Where a client process lands: its cgroup and network namespace.
     pub fn client_env(&self) -> Result<ClientEnv> {
-        let run = self.run_client(&strings(&["env"]), Duration::from_secs(10))?;
-        run.json_lines::<ClientEnv>()?.pop().ok_or_else(|| run.error("no env line"))
+        self.client_place().env()
     }
 
     /// Starts continuous load: a new TCP connection every `interval` for `duration`.
@@ -183,19 +373,21 @@ fn drain(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     })
 }
 
-/// Runs in the forked child: join the lab's cgroup, enter the client
-/// namespace, and die with the test process.
-fn enter_lab(procs: &CString, ns_fd: i32) -> std::io::Result<()> {
+/// Runs in the forked child: join the cgroup (if any), enter the namespace,
+/// and die with the test process.
+fn enter_place(procs: Option<&CString>, ns_fd: i32) -> std::io::Result<()> {
     // SAFETY: raw syscalls on a NUL-terminated path and a valid fd; no allocation.
     unsafe {
-        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-        libc::close(fd);
-        if written != 1 {
-            return Err(std::io::Error::last_os_error());
+        if let Some(procs) = procs {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if written != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
             return Err(std::io::Error::last_os_error());

@@ -49,6 +49,25 @@ impl Netns {
         self.fd.as_raw_fd()
     }
 
+    /// A second descriptor of the namespace (keeps it alive on its own).
+    pub fn dup_fd(&self) -> Result<OwnedFd> {
+        self.fd.try_clone().map_err(|e| LabError::io(format!("duplicating the fd of namespace {}", self.label), e))
+    }
+
+    /// Writes `/proc/sys/<key>` of this namespace (`net/ipv4/conf/all/forwarding`).
+    /// `/proc/sys/net` shows the namespace of the thread that opens it.
+    pub fn sysctl_write(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{key}");
+        self.run(|| std::fs::write(&path, value))?.ctx(|| format!("writing {value} to {path} in {}", self.label))
+    }
+
+    /// Reads `/proc/sys/<key>` of this namespace, trimmed.
+    pub fn sysctl_read(&self, key: &str) -> Result<String> {
+        let path = format!("/proc/sys/{key}");
+        let text = self.run(|| std::fs::read_to_string(&path))?.ctx(|| format!("reading {path} in {}", self.label))?;
+        Ok(text.trim().to_string())
+    }
+
     /// The namespace's inode number (what `/proc/<pid>/ns/net` links to).
     pub fn inode(&self) -> Result<u64> {
         use std::os::unix::fs::MetadataExt;

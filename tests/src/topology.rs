@@ -40,6 +40,10 @@ pub struct Node {
 }
 
 impl Node {
+    pub(crate) fn new_raw(name: &str, netns: Netns, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Node {
+        Node { name: name.to_string(), netns, ipv4, ipv6 }
+    }
+
     /// `client`, `backend-1`, `backend-2`, ... — also what its servers answer.
     pub fn name(&self) -> &str {
         &self.name
@@ -66,6 +70,11 @@ impl Node {
     /// Starts a server answering with this node's name on `port` (TCP and UDP, v4 and v6).
     pub fn serve(&self, port: u16) -> Result<BackendServer> {
         BackendServer::start(&self.netns, &self.name, port)
+    }
+
+    /// Like [`Node::serve`], answering `"<name> from <peer>"`.
+    pub fn serve_reporting(&self, port: u16) -> Result<BackendServer> {
+        BackendServer::start_reporting(&self.netns, &self.name, port)
     }
 }
 
@@ -171,7 +180,7 @@ fn make_node(id: &str, name: &str, host: u8) -> Result<Node> {
     })
 }
 
-async fn link_index(h: &Handle, name: &str) -> std::result::Result<u32, rtnetlink::Error> {
+pub(crate) async fn link_index(h: &Handle, name: &str) -> std::result::Result<u32, rtnetlink::Error> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await? {
         Some(msg) => Ok(msg.header.index),
@@ -179,7 +188,7 @@ async fn link_index(h: &Handle, name: &str) -> std::result::Result<u32, rtnetlin
     }
 }
 
-async fn set_up(h: &Handle, index: u32) -> std::result::Result<(), rtnetlink::Error> {
+pub(crate) async fn set_up(h: &Handle, index: u32) -> std::result::Result<(), rtnetlink::Error> {
     h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await
 }
 
