@@ -15,6 +15,16 @@
  *
  * The v6 hooks also serve v4-mapped destinations (::ffff:a.b.c.d, a dual-stack
  * socket talking IPv4) from the v4 maps.
+ *
+ * North-south frontends are served here too for clients on this node: a
+ * connect() to one of the node's addresses on a NodePort/HostPort port finds
+ * the wildcard entry; a service with an internal view (internalTraffic-
+ * Policy/externalTrafficPolicy=Local, AXON_SVC_F_TWO_SCOPES) is balanced
+ * over its internal scope; ClientIP affinity keys on the network namespace,
+ * since no source address exists yet at connect() time.
+ *
+ * post_bind4/post_bind6 keep local processes off the ports NodePort and
+ * HostPort services own: such a bind() fails with EADDRINUSE.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -83,23 +93,44 @@ static __always_inline void sock4_remember(struct bpf_sock_addr *ctx,
 	bpf_map_update_elem(&axon_lb4_reverse_sk, &key, &val, BPF_ANY);
 }
 
+/* ClientIP affinity of a socket: its network namespace (a pod). */
+static __always_inline void sock_affinity_client(struct bpf_sock_addr *ctx,
+						 struct lb_select_args *args, __u8 svc_flags)
+{
+	__u64 cookie;
+
+	if (!(svc_flags & AXON_SVC_F_AFFINITY))
+		return;
+	cookie = bpf_get_netns_cookie(ctx);
+	__builtin_memcpy(args->aff.client, &cookie, sizeof(cookie));
+	args->aff.client_kind = AXON_AFFINITY_CLIENT_NETNS;
+}
+
 /* Forward translation of an IPv4 destination, in place; shared by the v4
  * hooks and the v4-mapped case of the v6 hooks. */
 static __always_inline enum lb_verdict
 sock4_xlate_fwd(struct bpf_sock_addr *ctx, __be32 *addr, __be16 *port)
 {
+	struct lb_select_args args = {};
+	struct lb4_frontend fe;
 	struct lb4_backend be;
-	__u32 rev_nat_index = 0;
 	enum lb_verdict verdict;
+	__u32 backend_id;
 	__u8 proto;
 
 	if (!sock_lb_proto(ctx, &proto))
 		return LB_NOT_A_SERVICE;
-	verdict = lb4_select_backend(*addr, *port, proto, &be, &rev_nat_index);
-	if (verdict != LB_SELECTED)
+	if (!lb4_lookup_frontend(*addr, *port, proto, &fe))
+		return LB_NOT_A_SERVICE;
+	lb4_use_internal_scope(&fe);
+	sock_affinity_client(ctx, &args, fe.flags);
+	verdict = lb4_select(&fe, &args, &be, &backend_id);
+	if (verdict != LB_SELECTED) {
+		axon_metric_inc(AXON_METRIC_SOCK_NO_BACKEND);
 		return verdict;
+	}
 
-	sock4_remember(ctx, &be, *addr, *port, rev_nat_index);
+	sock4_remember(ctx, &be, *addr, *port, fe.rev_nat_index);
 	*addr = be.address;
 	*port = be.port;
 	axon_metric_inc(AXON_METRIC_SOCK_XLATE_FWD);
@@ -227,18 +258,26 @@ static __always_inline void sock6_remember(struct bpf_sock_addr *ctx,
 static __always_inline enum lb_verdict
 sock6_xlate_fwd(struct bpf_sock_addr *ctx, __u32 addr[4], __be16 *port)
 {
+	struct lb_select_args args = {};
+	struct lb6_frontend fe;
 	struct lb6_backend be;
-	__u32 rev_nat_index = 0;
 	enum lb_verdict verdict;
+	__u32 backend_id;
 	__u8 proto;
 
 	if (!sock_lb_proto(ctx, &proto))
 		return LB_NOT_A_SERVICE;
-	verdict = lb6_select_backend(addr, *port, proto, &be, &rev_nat_index);
-	if (verdict != LB_SELECTED)
+	if (!lb6_lookup_frontend(addr, *port, proto, &fe))
+		return LB_NOT_A_SERVICE;
+	lb6_use_internal_scope(&fe);
+	sock_affinity_client(ctx, &args, fe.flags);
+	verdict = lb6_select(&fe, &args, &be, &backend_id);
+	if (verdict != LB_SELECTED) {
+		axon_metric_inc(AXON_METRIC_SOCK_NO_BACKEND);
 		return verdict;
+	}
 
-	sock6_remember(ctx, &be, addr, *port, rev_nat_index);
+	sock6_remember(ctx, &be, addr, *port, fe.rev_nat_index);
 	__builtin_memcpy(addr, be.address, 16);
 	*port = be.port;
 	axon_metric_inc(AXON_METRIC_SOCK_XLATE_FWD);
@@ -338,4 +377,142 @@ SEC("cgroup/getpeername6")
 int sock6_getpeername(struct bpf_sock_addr *ctx)
 {
 	return sock6_rev_hook(ctx);
+}
+
+/* ------------------------------------------------------ bind protection -- */
+
+/* Whether a master slot belongs to a service that owns its port on the
+ * node's addresses. */
+static __always_inline int bind_owner(const struct lb_service *master)
+{
+	return master && (master->svc_type == AXON_SVC_NODE_PORT ||
+			  master->svc_type == AXON_SVC_HOST_PORT);
+}
+
+static __always_inline int bind4_owned_exact(__be32 addr, __be16 port, __u8 proto)
+{
+	struct lb4_key key;
+
+	lb4_key_init(&key, addr, port, proto);
+	return bind_owner(bpf_map_lookup_elem(&axon_lb4_services, &key));
+}
+
+static __always_inline int bind6_owned_exact(const __u32 addr[4], __be16 port, __u8 proto)
+{
+	struct lb6_key key;
+
+	lb6_key_init(&key, addr, port, proto);
+	return bind_owner(bpf_map_lookup_elem(&axon_lb6_services, &key));
+}
+
+struct bpf_map;
+
+/* State of the walk over axon_node_addrs for a bind to the any-address. */
+struct bind_walk {
+	__be16 port;
+	__u8 proto;
+	__u8 v4;    /* check IPv4 addresses */
+	__u8 v6;    /* check IPv6 addresses */
+	__u8 owned; /* result */
+};
+
+static long bind_walk_addr(struct bpf_map *map, struct node_addr_key *key,
+			   __u32 *ifindex, struct bind_walk *walk)
+{
+	__u32 addr[4];
+	__be32 v4;
+
+	__builtin_memcpy(addr, key->address, 16);
+	if (ipv6_v4mapped(addr, &v4)) {
+		if (walk->v4 && bind4_owned_exact(v4, walk->port, walk->proto))
+			walk->owned = 1;
+	} else if (walk->v6 && bind6_owned_exact(addr, walk->port, walk->proto)) {
+		walk->owned = 1;
+	}
+	return walk->owned ? 1 : 0; /* 1 stops the walk */
+}
+
+/* A bind to the any-address takes the port on every node address, so it
+ * collides with a frontend on any of them. */
+static __always_inline int bind_any_owned(__be16 port, __u8 proto, int v4, int v6)
+{
+	struct bind_walk walk = { .port = port, .proto = proto, .v4 = v4, .v6 = v6 };
+
+	bpf_for_each_map_elem(&axon_node_addrs, bind_walk_addr, &walk, 0);
+	return walk.owned;
+}
+
+static __always_inline int bind4_owned(__be32 addr, __be16 port, __u8 proto)
+{
+	/* The wildcard NodePort entry owns the port on every address. */
+	if (bind4_owned_exact(0, port, proto))
+		return 1;
+	if (addr != 0)
+		return bind4_owned_exact(addr, port, proto);
+	return bind_any_owned(port, proto, 1, 0);
+}
+
+static __always_inline int bind_proto(__u32 protocol, __u8 *proto)
+{
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+		return 0;
+	*proto = (__u8)protocol;
+	return 1;
+}
+
+/* EADDRINUSE is what the process would get had the service's port been
+ * bound by another socket; without bpf_set_retval the kernel says EPERM. */
+static __always_inline int bind_reject(void)
+{
+	axon_metric_inc(AXON_METRIC_BIND_DENIED);
+	bpf_set_retval(-EADDRINUSE);
+	return SYS_REJECT;
+}
+
+SEC("cgroup/post_bind4")
+int sock4_post_bind(struct bpf_sock *ctx)
+{
+	/* src_port is in host order, unlike every port in the maps. */
+	__be16 port = bpf_htons((__u16)ctx->src_port);
+	__u8 proto;
+
+	if (!bind_proto(ctx->protocol, &proto) || port == 0)
+		return SYS_PROCEED;
+	if (bind4_owned(ctx->src_ip4, port, proto))
+		return bind_reject();
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/post_bind6")
+int sock6_post_bind(struct bpf_sock *ctx)
+{
+	__be16 port = bpf_htons((__u16)ctx->src_port);
+	__u32 addr[4], zero[4] = {};
+	__u8 proto;
+	__be32 v4;
+
+	if (!bind_proto(ctx->protocol, &proto) || port == 0)
+		return SYS_PROCEED;
+	addr[0] = ctx->src_ip6[0];
+	addr[1] = ctx->src_ip6[1];
+	addr[2] = ctx->src_ip6[2];
+	addr[3] = ctx->src_ip6[3];
+
+	if (ipv6_v4mapped(addr, &v4)) {
+		if (bind4_owned(v4, port, proto))
+			return bind_reject();
+		return SYS_PROCEED;
+	}
+	if (bind6_owned_exact(zero, port, proto))
+		return bind_reject();
+	if ((addr[0] | addr[1] | addr[2] | addr[3]) != 0) {
+		if (bind6_owned_exact(addr, port, proto))
+			return bind_reject();
+		return SYS_PROCEED;
+	}
+	/* [::] is dual-stack unless IPV6_V6ONLY, which a post_bind program
+	 * cannot see: it is refused whatever family owns the port. */
+	if (bind4_owned_exact(0, port, proto) || bind_any_owned(port, proto, 1, 1))
+		return bind_reject();
+	return SYS_PROCEED;
 }

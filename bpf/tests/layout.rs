@@ -1,13 +1,15 @@
 //! Proves the Rust mirrors in `axon_bpf::maps` and the C structs in
-//! `bpf/lib/maps.h` agree, from the BTF clang wrote into the compiled
-//! socket-LB object: every struct's size, every field's offset and size, and
-//! every map's key and value size.
+//! `bpf/lib/maps.h` agree, from the BTF clang wrote into every compiled
+//! object (socket-LB, tc nodeport, XDP): every struct's size, every field's
+//! offset and size, and every map's key and value size. Every object pins the
+//! same maps by name, so they must also agree with each other on every map's
+//! definition (type, sizes, entries, flags).
 //!
 //! The BTF is read by the small reader below (aya-obj keeps its type tables
 //! private): ELF section `.BTF`, then the type and string sections.
 
 use axon_bpf::maps::*;
-use axon_bpf::objects::SOCK_LB;
+use axon_bpf::objects::{NODEPORT, SOCK_LB, XDP};
 use std::collections::BTreeMap;
 use std::mem::{offset_of, size_of};
 
@@ -190,6 +192,11 @@ impl Btf {
 
     /// name -> (key size, value size, max_entries) of every map in `.maps`.
     fn maps(&self) -> BTreeMap<String, (usize, usize, u32)> {
+        self.map_defs().into_iter().map(|(name, d)| (name, (d.key, d.value, d.max_entries))).collect()
+    }
+
+    /// name -> the whole definition of every map in `.maps`.
+    fn map_defs(&self) -> BTreeMap<String, MapDef> {
         let datasec = self
             .types
             .iter()
@@ -211,17 +218,43 @@ impl Btf {
                 };
                 // `__type(key, T)` is `T *key`; `__uint(n, V)` is `int (*n)[V]`.
                 let pointee = |name: &str| self.get(self.resolve(member(name))).size_or_type;
-                let key = self.size(pointee("key"));
-                let value = self.size(pointee("value"));
-                let max_entries = self.get(pointee("max_entries")).array.expect("__uint array").1;
-                (var.name.clone(), (key, value, max_entries))
+                let uint = |name: &str| {
+                    if def.members.iter().any(|m| m.name == name) {
+                        self.get(pointee(name)).array.expect("__uint array").1
+                    } else {
+                        0
+                    }
+                };
+                let def = MapDef {
+                    map_type: uint("type"),
+                    key: self.size(pointee("key")),
+                    value: self.size(pointee("value")),
+                    max_entries: uint("max_entries"),
+                    flags: uint("map_flags"),
+                    pinning: uint("pinning"),
+                };
+                (var.name.clone(), def)
             })
             .collect()
     }
 }
 
-fn btf() -> Btf {
-    Btf::parse(elf_section(SOCK_LB, ".BTF"))
+/// A map definition as the BTF of `.maps` spells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MapDef {
+    map_type: u32,
+    key: usize,
+    value: usize,
+    max_entries: u32,
+    flags: u32,
+    pinning: u32,
+}
+
+/// Every embedded object, by file name.
+const OBJECTS: &[(&str, &[u8])] = &[("sock_lb.o", SOCK_LB), ("nodeport.o", NODEPORT), ("xdp.o", XDP)];
+
+fn btf_of(object: &[u8]) -> Btf {
+    Btf::parse(elf_section(object, ".BTF"))
 }
 
 // ---------------------------------------------------------------- tests --
@@ -251,7 +284,13 @@ macro_rules! check_struct {
 
 #[test]
 fn every_map_struct_matches_its_rust_mirror() {
-    let btf = btf();
+    for (object, bytes) in OBJECTS {
+        eprintln!("checking the structs of {object}");
+        check_structs(&btf_of(bytes));
+    }
+}
+
+fn check_structs(btf: &Btf) {
     check_struct!(btf, "lb4_key", Lb4Key, [address, dport, backend_slot, proto, scope, pad]);
     check_struct!(btf, "lb6_key", Lb6Key, [address, dport, backend_slot, proto, scope, pad]);
     check_struct!(btf, "lb_service", LbService, [backend_id, rev_nat_index, count, svc_type, flags]);
@@ -341,7 +380,24 @@ fn every_map_struct_matches_its_rust_mirror() {
 
 #[test]
 fn every_map_has_the_key_and_value_sizes_of_its_rust_types() {
-    let maps = btf().maps();
+    for (object, bytes) in OBJECTS {
+        check_map_sizes(object, &btf_of(bytes).maps());
+    }
+}
+
+/// Pinned by name, a map is created by whichever object loads first and
+/// reused by the others: they must define it identically.
+#[test]
+fn every_object_defines_every_map_identically() {
+    let (first, first_bytes) = OBJECTS[0];
+    let reference = btf_of(first_bytes).map_defs();
+    for (object, bytes) in &OBJECTS[1..] {
+        assert_eq!(btf_of(bytes).map_defs(), reference, "maps of {object} against {first}");
+    }
+    assert!(reference.values().all(|d| d.pinning == 1), "every map is LIBBPF_PIN_BY_NAME");
+}
+
+fn check_map_sizes(object: &str, maps: &BTreeMap<String, (usize, usize, u32)>) {
     let expected: BTreeMap<String, (usize, usize, u32)> = [
         (names::LB4_SERVICES, size_of::<Lb4Key>(), size_of::<LbService>(), defaults::SERVICE_ENTRIES),
         (names::LB6_SERVICES, size_of::<Lb6Key>(), size_of::<LbService>(), defaults::SERVICE_ENTRIES),
@@ -375,7 +431,10 @@ fn every_map_has_the_key_and_value_sizes_of_its_rust_types() {
     .into_iter()
     .map(|(name, k, v, n)| (name.to_string(), (k, v, n)))
     .collect();
-    assert_eq!(maps, expected, "maps in sock_lb.o: name -> (key size, value size, default max_entries)");
+    assert_eq!(
+        *maps, expected,
+        "maps in {object}: name -> (key size, value size, default max_entries)"
+    );
     let all: Vec<&str> = names::ALL.to_vec();
     let mut sorted = all.clone();
     sorted.sort();
