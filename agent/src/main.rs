@@ -62,6 +62,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         backend_entries: config.lb_backend_map_max,
         rev_nat_entries: config.lb_revnat_map_max,
         sock_revnat_entries: config.lb_sock_revnat_map_max,
+        ..DatapathConfig::default()
     };
     let (dp, maps) = Datapath::load(&dp_config).context("loading the datapath")?;
     let store = Store::open(&config.state_dir).context("opening the state store")?;

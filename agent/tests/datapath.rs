@@ -378,7 +378,8 @@ fn socket_lb_serves_through_the_vip_and_survives_restarts() {
 
     // First start: everything created.
     let (dp, mut maps) = Datapath::load(&cfg).expect("loading the datapath");
-    assert_eq!(dp.programs().len(), 8);
+    // Eight socket-LB programs and two bind-protection ones.
+    assert_eq!(dp.programs().len(), 10);
     assert_eq!(actions(&dp), BTreeSet::from([LinkAction::Created]));
     assert_eq!(maps.capacity().service_entries, 1024);
     lab.program(&mut maps);
@@ -390,17 +391,19 @@ fn socket_lb_serves_through_the_vip_and_survives_restarts() {
     put_service(&mut maps, l4(shrinking, Protocol::Tcp), 104, &lab.tcp[..1]);
     let stale_master =
         SlotValue { rev_nat_index: 104, count: 3, svc_type: svc_type::CLUSTER_IP, ..SlotValue::default() };
-    maps.put_slot(&SlotKey { frontend: l4(shrinking, Protocol::Tcp), scope: 0, slot: 0 }, &stale_master).expect("stale master");
+    maps.put_slot(&SlotKey { frontend: l4(shrinking, Protocol::Tcp), scope: 0, slot: 0 }, &stale_master)
+        .expect("stale master");
     let results = run_client(&cgroup.0, &vec![format!("tcp {shrinking}"); 8]);
     assert!(results.iter().all(|r| r.starts_with("ok name=tcp-b1 ")), "{results:?}");
     for slot in 0..=1 {
-        maps.delete_slot(&SlotKey { frontend: l4(shrinking, Protocol::Tcp), scope: 0, slot }).expect("removing the shrinking service");
+        maps.delete_slot(&SlotKey { frontend: l4(shrinking, Protocol::Tcp), scope: 0, slot })
+            .expect("removing the shrinking service");
     }
     maps.delete_rev_nat(104, Family::V4).expect("removing the shrinking service");
 
     let status = dp.status();
     assert!(status.counters["sock_missing_slot"] >= 1, "{:?}", status.counters);
-    assert_eq!(status.programs.len(), 8);
+    assert_eq!(status.programs.len(), 10);
     assert!(status.programs.iter().all(|p| p.program_id.is_some() && p.attached_to == cgroup.0.display().to_string()));
     let entries = |name: &str| status.maps.iter().find(|m| m.name == name).map(|m| (m.entries, m.max_entries));
     assert_eq!(entries("axon_lb4_services"), Some((3 + 3 + 1, 1024)), "{:?}", status.maps);
@@ -435,7 +438,7 @@ fn socket_lb_serves_through_the_vip_and_survives_restarts() {
     let replaced: Vec<&str> =
         dp.programs().iter().filter(|p| p.action == LinkAction::Replaced).map(|p| p.name).collect();
     assert_eq!(replaced, ["sock4_connect", "sock4_sendmsg"]);
-    assert_eq!(dp.programs().iter().filter(|p| p.action == LinkAction::Kept).count(), 6);
+    assert_eq!(dp.programs().iter().filter(|p| p.action == LinkAction::Kept).count(), 8);
     assert!(!links.join("sock4_connect__staging").exists());
     lab.check_traffic(&cgroup.0);
     let before_links = link_ids(&dp);
@@ -467,7 +470,7 @@ fn socket_lb_serves_through_the_vip_and_survives_restarts() {
     let new_links = link_ids(&dp);
     drop((dp, maps));
     let report = cleanup(&root.0).expect("cleanup");
-    assert_eq!(report.links_detached.len(), 8, "{report}");
+    assert_eq!(report.links_detached.len(), 10, "{report}");
     assert_eq!(report.maps_unpinned.len(), axon_bpf::maps::names::ALL.len(), "{report}");
     assert!(!root.0.exists());
     let live = live_link_ids();

@@ -1,6 +1,7 @@
 //! agentctl: the command line for the Axon agent (through its API socket)
 //! and for the BPF maps it pins (read directly). Shaped after `cilium`.
 
+mod ct;
 mod lb;
 mod service;
 mod spec;
@@ -71,6 +72,18 @@ enum BpfCmd {
     /// The load-balancing maps.
     #[command(subcommand)]
     Lb(LbCmd),
+    /// The north-south conntrack maps.
+    #[command(subcommand)]
+    Ct(CtCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum CtCmd {
+    /// List every conntrack entry (both directions of each flow).
+    #[command(visible_alias = "ls")]
+    List,
+    /// Delete every conntrack entry; flows still running start over.
+    Flush,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +134,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }),
         Command::Bpf(BpfCmd::Lb(LbCmd::List)) => lb::list(&cli.bpffs_root, out),
+        Command::Bpf(BpfCmd::Ct(CtCmd::List)) => ct::list(&cli.bpffs_root, out),
+        Command::Bpf(BpfCmd::Ct(CtCmd::Flush)) => ct::flush(&cli.bpffs_root, out),
         Command::Status => block_on(status::show(&client, out)),
     }
 }
@@ -197,5 +212,7 @@ mod tests {
         assert_eq!((cli.output, cli.socket), (Output::Json, PathBuf::from("/tmp/s")));
         let cli = Cli::try_parse_from(["agentctl", "--bpffs-root", "/x", "bpf", "lb", "list"]).unwrap();
         assert_eq!(cli.bpffs_root, PathBuf::from("/x"));
+        let cli = Cli::try_parse_from(["agentctl", "bpf", "ct", "flush", "-o", "json"]).unwrap();
+        assert!(matches!(cli.command, Command::Bpf(BpfCmd::Ct(CtCmd::Flush))));
     }
 }

@@ -59,7 +59,7 @@ pub fn render(st: &Status, client_version: &str) -> String {
         .collect();
     let _ = writeln!(out, "Programs: {} attached", st.programs.len());
     if !programs.is_empty() {
-        out.push_str(&indented(&table::render(&["PROGRAM", "HOOK", "CGROUP", "ID", "LINK PIN"], &programs)));
+        out.push_str(&indented(&table::render(&["PROGRAM", "HOOK", "ATTACHED TO", "ID", "LINK PIN"], &programs)));
     }
 
     let maps: Vec<Vec<String>> = st

@@ -1,5 +1,6 @@
-//! What the datapath reports: attached programs, map fill levels, the kernel
-//! and its BPF features, and the datapath counters.
+//! What the datapath reports: attached programs, map fill levels, node
+//! devices (tcx, XDP mode) and addresses, the kernel and its BPF features,
+//! and the datapath counters.
 
 use super::loader::Datapath;
 use super::sys;
@@ -10,6 +11,7 @@ use aya::programs::ProgramType;
 use aya::sys::{is_helper_supported, is_map_supported, is_program_supported, BpfHelper};
 use aya::util::KernelVersion;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 
 /// The datapath's part of `GET /v1/status`.
@@ -20,6 +22,33 @@ pub struct DatapathStatus {
     pub kernel: KernelStatus,
     /// Counters summed over CPUs, named as in `axon_bpf::maps::metric::NAMES`.
     pub counters: BTreeMap<String, u64>,
+    /// The north-south devices and how each is attached.
+    pub devices: Vec<DeviceStatus>,
+    /// Every node address NodePort answers on.
+    pub node_addresses: Vec<NodeAddressStatus>,
+}
+
+/// One north-south device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// SNAT source addresses for traffic leaving by this device.
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// How the tc programs are attached: `tcx`.
+    pub tc: &'static str,
+    /// The XDP mode in use (`native`, `generic`), or `None` without XDP.
+    pub xdp: Option<&'static str>,
+}
+
+/// A node address and the device it is on (`None`: configured, on no device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddressStatus {
+    pub address: IpAddr,
+    pub device: Option<String>,
 }
 
 pub(crate) fn collect(dp: &Datapath) -> DatapathStatus {
@@ -28,7 +57,38 @@ pub(crate) fn collect(dp: &Datapath) -> DatapathStatus {
         maps: maps(dp),
         kernel: KernelStatus { release: dp.kernel_release.clone(), features: dp.features.clone() },
         counters: counters(dp),
+        devices: devices(dp),
+        node_addresses: node_addresses(dp),
     }
+}
+
+fn mac_string(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn devices(dp: &Datapath) -> Vec<DeviceStatus> {
+    dp.devices
+        .iter()
+        .map(|a| DeviceStatus {
+            name: a.device.name.clone(),
+            ifindex: a.device.ifindex,
+            mac: mac_string(&a.device.mac),
+            ipv4: a.device.ipv4,
+            ipv6: a.device.ipv6,
+            tc: "tcx",
+            xdp: a.xdp.map(|x| x.as_str()),
+        })
+        .collect()
+}
+
+fn node_addresses(dp: &Datapath) -> Vec<NodeAddressStatus> {
+    dp.node_addresses
+        .iter()
+        .map(|(address, ifindex)| NodeAddressStatus {
+            address: *address,
+            device: dp.devices.iter().find(|a| a.device.ifindex == *ifindex).map(|a| a.device.name.clone()),
+        })
+        .collect()
 }
 
 fn programs(dp: &Datapath) -> Vec<ProgramStatus> {
@@ -41,7 +101,7 @@ fn programs(dp: &Datapath) -> Vec<ProgramStatus> {
             ProgramStatus {
                 name: p.name.to_string(),
                 attach_type: p.attach_type.to_string(),
-                attached_to: dp.cgroup_root.display().to_string(),
+                attached_to: p.target.to_string(),
                 link_pin: p.link_pin.display().to_string(),
                 program_id: Some(program_id),
             }

@@ -1,6 +1,8 @@
-//! The few raw `bpf(2)` and filesystem calls aya 0.14 does not expose: cgroup
-//! link info (which cgroup, which attach type), swapping a link's program in
-//! place, forced link detach, counting a map's keys, and filesystem magic.
+//! The few raw `bpf(2)` and filesystem calls aya 0.14 does not expose (or
+//! wraps in ways that cannot be pinned): creating and pinning links on
+//! cgroups and devices, link info (which cgroup or device, which attach
+//! type), swapping a link's program in place, forced link detach, counting a
+//! map's keys, monotonic time, and filesystem magic.
 //!
 //! The attribute layouts are the stable prefixes of `union bpf_attr` and
 //! `struct bpf_link_info` from `linux/bpf.h`; the kernel accepts a shorter
@@ -13,13 +15,26 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
-/// `BPF_LINK_TYPE_CGROUP`.
+/// `enum bpf_link_type`.
 pub const LINK_TYPE_CGROUP: u32 = 3;
+pub const LINK_TYPE_XDP: u32 = 6;
+pub const LINK_TYPE_TCX: u32 = 11;
+
+/// `enum bpf_attach_type` of the device hooks.
+pub const ATTACH_XDP: u32 = 37;
+pub const ATTACH_TCX_INGRESS: u32 = 46;
+pub const ATTACH_TCX_EGRESS: u32 = 47;
+
+/// `XDP_FLAGS_SKB_MODE` (generic) and `XDP_FLAGS_DRV_MODE` (native).
+pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 
 /// `BPF_FS_MAGIC` and `CGROUP2_SUPER_MAGIC` from `linux/magic.h`.
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -36,7 +51,8 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-/// What the kernel says about a link (`struct bpf_link_info`, cgroup part).
+/// What the kernel says about a link (`struct bpf_link_info`, the cgroup,
+/// XDP and tcx parts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkInfo {
     pub link_type: u32,
@@ -45,7 +61,9 @@ pub struct LinkInfo {
     /// Cgroup links: the cgroup's id (its inode number on cgroup2); 0 once
     /// the cgroup is gone and the link is defunct.
     pub cgroup_id: u64,
-    /// Cgroup links: `enum bpf_attach_type`.
+    /// XDP and tcx links: the device; 0 once the device is gone.
+    pub ifindex: u32,
+    /// Cgroup and tcx links: `enum bpf_attach_type`.
     pub attach_type: u32,
 }
 
@@ -73,14 +91,15 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     let u32_at = |off: usize| u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"));
     let u64_at = |off: usize| u64::from_ne_bytes(b[off..off + 8].try_into().expect("8 bytes"));
     let link_type = u32_at(0);
-    let cgroup = link_type == LINK_TYPE_CGROUP;
-    Ok(LinkInfo {
-        link_type,
-        id: u32_at(4),
-        prog_id: u32_at(8),
-        cgroup_id: if cgroup { u64_at(16) } else { 0 },
-        attach_type: if cgroup { u32_at(24) } else { 0 },
-    })
+    // The union after prog_id starts at 16: cgroup { u64 cgroup_id; u32
+    // attach_type }, xdp { u32 ifindex }, tcx { u32 ifindex; u32 attach_type }.
+    let (cgroup_id, ifindex, attach_type) = match link_type {
+        LINK_TYPE_CGROUP => (u64_at(16), 0, u32_at(24)),
+        LINK_TYPE_XDP => (0, u32_at(16), ATTACH_XDP),
+        LINK_TYPE_TCX => (0, u32_at(16), u32_at(20)),
+        _ => (0, 0, 0),
+    };
+    Ok(LinkInfo { link_type, id: u32_at(4), prog_id: u32_at(8), cgroup_id, ifindex, attach_type })
 }
 
 #[repr(C)]
@@ -101,6 +120,63 @@ pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result
         old_prog_fd: 0,
     };
     sys_bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    /// A cgroup fd, or a device's ifindex.
+    target: u32,
+    attach_type: u32,
+    flags: u32,
+    /// The per-type union (tcx relative_fd and expected_revision): all zero,
+    /// which appends to a tcx chain.
+    rest: [u64; 3],
+}
+
+/// Where a new link attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkTarget<'a> {
+    Cgroup(BorrowedFd<'a>),
+    Ifindex(u32),
+}
+
+/// `BPF_LINK_CREATE`: attaches `prog` with a new link, returned open (it is
+/// detached when the last fd closes unless it is pinned first).
+pub fn link_create(prog: BorrowedFd<'_>, target: LinkTarget<'_>, attach_type: u32, flags: u32) -> io::Result<OwnedFd> {
+    let target = match target {
+        LinkTarget::Cgroup(fd) => fd.as_raw_fd() as u32,
+        LinkTarget::Ifindex(index) => index,
+    };
+    let mut attr = LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, target, attach_type, flags, rest: [0; 3] };
+    let fd = sys_bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[repr(C)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Pins any BPF object (here: links) at `path` on a bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let mut attr = ObjPinAttr { pathname: c_path.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
+    sys_bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// Seconds of `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_secs() -> u64 {
+    // SAFETY: clock_gettime only writes into the zeroed struct we pass.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64
 }
 
 #[repr(C)]
