@@ -4,6 +4,7 @@
 use crate::error::{LabError, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 /// Where the binaries are: `$AXON_BIN_DIR`, else `target/<profile>/` — the
 /// test binary lives in `target/<profile>/deps/`.
@@ -29,6 +30,24 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// Whether `axon-agent --help` lists `flag` (asked once per process).
+pub fn agent_has_flag(flag: &str) -> Result<bool> {
+    static HELP: OnceLock<String> = OnceLock::new();
+    if let Some(help) = HELP.get() {
+        return Ok(help_lists(help, flag));
+    }
+    let out = std::process::Command::new(binary("axon-agent")?)
+        .arg("--help")
+        .output()
+        .map_err(|e| LabError::io("running axon-agent --help", e))?;
+    let help = HELP.get_or_init(|| String::from_utf8_lossy(&out.stdout).into_owned());
+    Ok(help_lists(help, flag))
+}
+
+fn help_lists(help: &str, flag: &str) -> bool {
+    help.split(|c: char| c.is_whitespace() || c == ',').any(|w| w == flag)
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// `axt-<pid>-<seq>`: unique on this machine while this process lives, and
@@ -51,6 +70,14 @@ mod tests {
     fn a_missing_binary_says_how_to_build_it() {
         let e = binary("no-such-axon-binary").expect_err("missing");
         assert!(e.to_string().contains("cargo build --workspace"), "{e}");
+    }
+
+    #[test]
+    fn help_lists_whole_flags_only() {
+        let help = "  --devices <DEVICES>\n      --node-name <NODE_NAME>\n  -h, --help";
+        assert!(help_lists(help, "--devices"));
+        assert!(help_lists(help, "-h"));
+        assert!(!help_lists(help, "--dev"));
     }
 
     #[test]

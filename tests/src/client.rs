@@ -188,6 +188,7 @@ pub struct Probe {
     timeout: Duration,
     bind: Option<IpAddr>,
     source_port: Option<u16>,
+    source_port_step: u16,
 }
 
 impl Probe {
@@ -203,6 +204,7 @@ impl Probe {
             timeout: Duration::from_secs(2),
             bind: None,
             source_port: None,
+            source_port_step: 0,
         }
     }
 
@@ -261,6 +263,13 @@ impl Probe {
         self
     }
 
+    /// Attempt N uses source port `first + N`: `count` distinct, known 5-tuples.
+    pub fn source_ports_from(mut self, first: u16) -> Probe {
+        self.source_port = Some(first);
+        self.source_port_step = 1;
+        self
+    }
+
     /// The `lab-client` command line.
     pub fn args(&self) -> Vec<String> {
         let mut args = strings(&[
@@ -286,6 +295,9 @@ impl Probe {
         }
         if let Some(port) = self.source_port {
             args.extend(strings(&["--source-port", &port.to_string()]));
+        }
+        if self.source_port_step != 0 {
+            args.extend(strings(&["--source-port-step", &self.source_port_step.to_string()]));
         }
         args
     }

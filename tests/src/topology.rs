@@ -153,7 +153,13 @@ impl Lab {
         self.start_agent_with(AgentOptions::default())
     }
 
-    pub fn start_agent_with(&self, opts: AgentOptions) -> Result<Agent> {
+    /// The agent runs in the test's own network namespace: it is told to
+    /// leave every network device alone (`--devices none`, when it has the
+    /// flag), so only the lab's cgroup sees its programs.
+    pub fn start_agent_with(&self, mut opts: AgentOptions) -> Result<Agent> {
+        if opts.devices.is_empty() && bins::agent_has_flag("--devices")? {
+            opts.devices.push("none".into());
+        }
         Agent::start(&self.id, self.cgroup.path(), opts)
     }
 

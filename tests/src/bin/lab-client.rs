@@ -30,6 +30,18 @@ struct Source {
     /// reset so no TIME_WAIT blocks the next one): one 5-tuple throughout.
     #[arg(long)]
     source_port: Option<u16>,
+    /// Attempt N uses source port `source_port + N * step` instead: many
+    /// distinct, known 5-tuples in one run.
+    #[arg(long, default_value_t = 0)]
+    source_port_step: u16,
+}
+
+impl Source {
+    /// The source of attempt `seq`.
+    fn for_attempt(self, seq: u32) -> Source {
+        let source_port = self.source_port.map(|p| p.wrapping_add((seq as u16).wrapping_mul(self.source_port_step)));
+        Source { source_port, ..self }
+    }
 }
 
 #[derive(Subcommand)]
@@ -97,7 +109,7 @@ fn main() -> Result<()> {
     match cli.mode {
         Mode::Tcp { addr, count, send_bytes, timeout_ms, source } => {
             for seq in 0..count {
-                let a = tcp_attempt(seq, addr, source, send_bytes, Duration::from_millis(timeout_ms));
+                let a = tcp_attempt(seq, addr, source.for_attempt(seq), send_bytes, Duration::from_millis(timeout_ms));
                 print_line(&mut out, &a)?;
             }
         }
@@ -315,8 +327,8 @@ struct UdpRequest {
 }
 
 impl UdpRequest {
-    fn socket(&self) -> Result<UdpSocket, (&'static str, std::io::Error)> {
-        let mut source = self.source;
+    fn socket(&self, seq: u32) -> Result<UdpSocket, (&'static str, std::io::Error)> {
+        let mut source = self.source.for_attempt(seq);
         if source.bind.is_none() && source.source_port.is_none() {
             // Unbound sockets still need a local port to receive on.
             source.bind = Some(unspecified(self.addr));
@@ -341,7 +353,7 @@ impl UdpRequest {
 fn udp_connected(seq: u32, req: &UdpRequest) -> Attempt {
     let start = Instant::now();
     let a = Attempt { seq, ..Default::default() };
-    let sock = match req.socket() {
+    let sock = match req.socket(seq) {
         Ok(s) => s,
         Err((stage, e)) => return failed(a, stage, &e, start),
     };
@@ -384,7 +396,7 @@ fn recv_reply(mut a: Attempt, sock: &UdpSocket, payload: &[u8], timeout: Duratio
 
 /// One socket, sendto() per datagram: a socket-LB picks the backend per datagram.
 fn udp_unconnected(out: &mut impl Write, req: &UdpRequest, count: u32) -> Result<()> {
-    let sock = req.socket().map_err(|(stage, e)| anyhow::anyhow!("{stage}: {e}"))?;
+    let sock = req.socket(0).map_err(|(stage, e)| anyhow::anyhow!("{stage}: {e}"))?;
     let local = sock.local_addr().ok().map(|p| p.to_string());
     for seq in 0..count {
         let start = Instant::now();
