@@ -70,13 +70,17 @@ static __always_inline __u32 ctx_len(const ctx_t *ctx)
 #endif
 }
 
-/* Makes the first `len` bytes directly accessible (a no-op for XDP, whose
- * frames are linear). */
+/* Makes the first `len` bytes, or the whole packet if shorter, directly
+ * accessible (a no-op for XDP, whose frames are linear). */
 static __always_inline int ctx_pull(ctx_t *ctx, __u32 len)
 {
 #if CTX_IS_XDP
 	return 0;
 #else
+	if (ctx_data(ctx) + len <= ctx_data_end(ctx))
+		return 0;
+	if (len > ctx->len)
+		len = ctx->len;
 	if (ctx_data(ctx) + len <= ctx_data_end(ctx))
 		return 0;
 	return bpf_skb_pull_data(ctx, len);
