@@ -164,8 +164,8 @@ STATE=$(mktemp -d /tmp/axon-demo-state.XXXXXX)
 AGENT_LOG=$STATE/agent.log
 
 step "Starting axon-agent (socket-LB attached to $CGROUP only)"
-echo "axon-agent --bpffs-root $BPFFS --cgroup-root $CGROUP --api-socket $SOCK --state-dir $STATE"
-NO_COLOR=1 "$AGENT" --bpffs-root "$BPFFS" --cgroup-root "$CGROUP" --api-socket "$SOCK" --state-dir "$STATE" >"$AGENT_LOG" 2>&1 &
+echo "axon-agent --bpffs-root $BPFFS --cgroup-root $CGROUP --api-socket $SOCK --state-dir $STATE --devices none"
+NO_COLOR=1 "$AGENT" --bpffs-root "$BPFFS" --cgroup-root "$CGROUP" --api-socket "$SOCK" --state-dir "$STATE" --devices none >"$AGENT_LOG" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 100); do
   ctl status >/dev/null 2>&1 && break

@@ -2,7 +2,9 @@
 //! file (`--config`), flags winning over the file. The four paths make two
 //! agents on one machine fully independent.
 
+use crate::datapath::{CtTimeouts, DatapathConfig, Devices, PortRange, XdpMode};
 use axon_api::{LbAlgorithm, LbMode};
+use std::net::IpAddr;
 use clap::Parser;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -58,13 +60,54 @@ pub struct Flags {
     /// Entries of each Maglev table, a prime [default: 16381].
     #[arg(long)]
     pub maglev_table_size: Option<u32>,
+    /// Node devices for NodePort/LoadBalancer/externalIPs: `auto` (the default-route devices), `none`
+    /// (socket-LB only), or a comma-separated list [default: auto].
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// Node addresses beside the devices' own, comma-separated.
+    #[arg(long)]
+    pub node_addresses: Option<String>,
+    /// XDP acceleration: native, best-effort (native where the driver can, tc elsewhere), generic, disabled
+    /// [default: best-effort].
+    #[arg(long)]
+    pub xdp_mode: Option<String>,
+    /// Source ports SNAT uses, MIN-MAX, outside the NodePort range [default: 61000-65535].
+    #[arg(long)]
+    pub snat_port_range: Option<String>,
+    /// Conntrack timeouts in seconds: TCP before the handshake completes [default: 60].
+    #[arg(long)]
+    pub ct_timeout_syn: Option<u32>,
+    /// Conntrack timeout of established TCP [default: 21600].
+    #[arg(long)]
+    pub ct_timeout_tcp: Option<u32>,
+    /// Conntrack timeout after FIN/RST [default: 10].
+    #[arg(long)]
+    pub ct_timeout_close: Option<u32>,
+    /// Conntrack timeout of UDP flows [default: 60].
+    #[arg(long)]
+    pub ct_timeout_udp: Option<u32>,
+    /// Seconds between conntrack garbage collections [default: 30].
+    #[arg(long)]
+    pub ct_gc_interval: Option<u64>,
+    /// max_entries of each axon_ct{4,6}_global (two entries per flow).
+    #[arg(long)]
+    pub ct_map_max: Option<u32>,
+    /// max_entries of axon_lb_maglev (table size × Maglev services).
+    #[arg(long)]
+    pub maglev_map_max: Option<u32>,
+    /// max_entries of axon_lb_affinity.
+    #[arg(long)]
+    pub affinity_map_max: Option<u32>,
+    /// max_entries of each axon_lb{4,6}_source_range.
+    #[arg(long)]
+    pub source_range_map_max: Option<u32>,
     /// Detach every program and remove every pin under --bpffs-root, then exit.
     #[arg(long)]
     pub cleanup: bool,
 }
 
 /// The same settings as a file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileConfig {
     pub bpffs_root: Option<PathBuf>,
@@ -82,6 +125,19 @@ pub struct FileConfig {
     pub lb_algorithm: Option<String>,
     pub nodeport_range: Option<String>,
     pub maglev_table_size: Option<u32>,
+    pub devices: Option<String>,
+    pub node_addresses: Option<String>,
+    pub xdp_mode: Option<String>,
+    pub snat_port_range: Option<String>,
+    pub ct_timeout_syn: Option<u32>,
+    pub ct_timeout_tcp: Option<u32>,
+    pub ct_timeout_close: Option<u32>,
+    pub ct_timeout_udp: Option<u32>,
+    pub ct_gc_interval: Option<u64>,
+    pub ct_map_max: Option<u32>,
+    pub maglev_map_max: Option<u32>,
+    pub affinity_map_max: Option<u32>,
+    pub source_range_map_max: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +157,9 @@ pub struct Config {
     pub lb_algorithm: LbAlgorithm,
     pub nodeport_range: (u16, u16),
     pub maglev_table_size: u32,
+    /// Everything the kernel side needs (paths, sizes, devices, timeouts).
+    pub datapath: DatapathConfig,
+    pub ct_gc_interval: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +178,7 @@ impl Config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        let file_for_datapath = file.clone();
         let cgroup_root = match flags.cgroup_root.clone().or(file.cgroup_root) {
             Some(p) => p,
             None if flags.cleanup => PathBuf::new(),
@@ -126,7 +186,7 @@ impl Config {
                 .ok_or(ConfigError::NoCgroup2)?,
         };
         let d = axon_bpf::maps::defaults::SERVICE_ENTRIES;
-        let config = Config {
+        let mut config = Config {
             bpffs_root: flags.bpffs_root.clone().or(file.bpffs_root).unwrap_or_else(|| "/sys/fs/bpf/axon".into()),
             cgroup_root,
             api_socket: flags.api_socket.clone().or(file.api_socket).unwrap_or_else(|| "/run/axon/agent.sock".into()),
@@ -151,8 +211,12 @@ impl Config {
             lb_algorithm: parse_setting("lb-algorithm", flags.lb_algorithm.clone().or(file.lb_algorithm), LbAlgorithm::Random)?,
             nodeport_range: parse_range("nodeport-range", flags.nodeport_range.clone().or(file.nodeport_range), (30000, 32767))?,
             maglev_table_size: flags.maglev_table_size.or(file.maglev_table_size).unwrap_or(crate::service::maglev::DEFAULT_TABLE_SIZE),
+            datapath: DatapathConfig::default(),
+            ct_gc_interval: std::time::Duration::from_secs(flags.ct_gc_interval.or(file.ct_gc_interval).unwrap_or(30).max(1)),
         };
+        config.datapath = datapath_config(flags, &file_for_datapath, &config)?;
         config.validate()?;
+        config.datapath.validate().map_err(|e| ConfigError::Invalid { field: e.field, message: e.message })?;
         Ok(config)
     }
 
@@ -188,6 +252,52 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The datapath's share of the settings, in its own types.
+fn datapath_config(flags: &Flags, file: &FileConfig, c: &Config) -> Result<DatapathConfig, ConfigError> {
+    let defaults = DatapathConfig::default();
+    let pick = |flag: Option<u32>, file: Option<u32>, default: u32| flag.or(file).unwrap_or(default);
+    let node_addresses = match flags.node_addresses.clone().or(file.node_addresses.clone()) {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .filter(|a| !a.trim().is_empty())
+            .map(|a| {
+                a.trim().parse::<IpAddr>().map_err(|_| ConfigError::Invalid { field: "node-addresses", message: format!("invalid address {a:?}") })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let t = CtTimeouts::default();
+    Ok(DatapathConfig {
+        bpffs_root: c.bpffs_root.clone(),
+        cgroup_root: c.cgroup_root.clone(),
+        service_entries: c.lb_service_map_max,
+        backend_entries: c.lb_backend_map_max,
+        rev_nat_entries: c.lb_revnat_map_max,
+        sock_revnat_entries: c.lb_sock_revnat_map_max,
+        devices: parse_setting::<Devices>("devices", flags.devices.clone().or(file.devices.clone()), Devices::Auto)?,
+        extra_node_addresses: node_addresses,
+        xdp_mode: parse_setting::<XdpMode>("xdp-mode", flags.xdp_mode.clone().or(file.xdp_mode.clone()), XdpMode::default())?,
+        lb_mode: c.lb_mode,
+        nodeport_range: PortRange { min: c.nodeport_range.0, max: c.nodeport_range.1 },
+        snat_port_range: parse_setting::<PortRange>(
+            "snat-port-range",
+            flags.snat_port_range.clone().or(file.snat_port_range.clone()),
+            defaults.snat_port_range,
+        )?,
+        maglev_table_size: c.maglev_table_size,
+        ct_timeouts: CtTimeouts {
+            syn: pick(flags.ct_timeout_syn, file.ct_timeout_syn, t.syn),
+            tcp: pick(flags.ct_timeout_tcp, file.ct_timeout_tcp, t.tcp),
+            close: pick(flags.ct_timeout_close, file.ct_timeout_close, t.close),
+            udp: pick(flags.ct_timeout_udp, file.ct_timeout_udp, t.udp),
+        },
+        ct_entries: pick(flags.ct_map_max, file.ct_map_max, defaults.ct_entries),
+        maglev_entries: pick(flags.maglev_map_max, file.maglev_map_max, defaults.maglev_entries),
+        affinity_entries: pick(flags.affinity_map_max, file.affinity_map_max, defaults.affinity_entries),
+        source_range_entries: pick(flags.source_range_map_max, file.source_range_map_max, defaults.source_range_entries),
+    })
 }
 
 fn parse_setting<T: std::str::FromStr<Err = String>>(field: &'static str, value: Option<String>, default: T) -> Result<T, ConfigError> {

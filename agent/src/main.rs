@@ -5,7 +5,7 @@
 use anyhow::Context;
 use axon_agent::api::{self, ApiState, StatusProvider};
 use axon_agent::config::{Config, Flags};
-use axon_agent::datapath::{self, Datapath, DatapathConfig};
+use axon_agent::datapath::{self, Datapath};
 use axon_agent::service::reconciler::LbSettings;
 use axon_agent::service::{Limits, ServiceManager};
 use axon_agent::store::Store;
@@ -50,21 +50,31 @@ impl StatusProvider for DatapathStatus {
         status.maps = s.maps;
         status.kernel = s.kernel;
         status.counters = s.counters;
+        status.devices = s
+            .devices
+            .into_iter()
+            .map(|d| axon_api::status::DeviceStatus {
+                name: d.name,
+                ifindex: d.ifindex,
+                mac: d.mac,
+                ipv4: d.ipv4.map(|a| a.to_string()),
+                ipv6: d.ipv6.map(|a| a.to_string()),
+                tc: d.tc.to_string(),
+                xdp: d.xdp.map(str::to_string),
+            })
+            .collect();
+        status.node_addresses = s
+            .node_addresses
+            .into_iter()
+            .map(|a| axon_api::status::NodeAddressStatus { address: a.address.to_string(), device: a.device })
+            .collect();
     }
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
-    let dp_config = DatapathConfig {
-        bpffs_root: config.bpffs_root.clone(),
-        cgroup_root: config.cgroup_root.clone(),
-        service_entries: config.lb_service_map_max,
-        backend_entries: config.lb_backend_map_max,
-        rev_nat_entries: config.lb_revnat_map_max,
-        sock_revnat_entries: config.lb_sock_revnat_map_max,
-        ..DatapathConfig::default()
-    };
-    let (dp, maps) = Datapath::load(&dp_config).context("loading the datapath")?;
+    let (dp, maps) = Datapath::load(&config.datapath).context("loading the datapath")?;
+    tokio::spawn(datapath::run_ct_gc(config.bpffs_root.clone(), config.ct_gc_interval));
     let store = Store::open(&config.state_dir).context("opening the state store")?;
     let limits = Limits { max_backends_per_service: config.max_backends_per_service, nodeport_range: config.nodeport_range };
     let settings = LbSettings {

@@ -21,6 +21,35 @@ pub struct Status {
     pub kernel: KernelStatus,
     /// Datapath counters summed over CPUs (`sock_xlate_fwd`, ...).
     pub counters: BTreeMap<String, u64>,
+    /// Node devices serving north-south traffic (empty: socket-LB only).
+    #[serde(default)]
+    pub devices: Vec<DeviceStatus>,
+    /// Addresses NodePort services answer on, with their device.
+    #[serde(default)]
+    pub node_addresses: Vec<NodeAddressStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct DeviceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: String,
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// How the tc programs are attached (`tcx`).
+    pub tc: String,
+    /// XDP mode in use (`native`, `generic`); absent without XDP.
+    #[serde(default)]
+    pub xdp: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct NodeAddressStatus {
+    pub address: String,
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]

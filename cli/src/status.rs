@@ -30,6 +30,29 @@ fn indented(text: &str) -> String {
 }
 
 /// The whole summary; `client_version` is agentctl's own.
+/// `eth0 (10.0.0.1, fd00::1; tcx, xdp native)`, or what it means when empty.
+fn devices_line(st: &Status) -> String {
+    if st.devices.is_empty() {
+        return "none (socket-LB only)".into();
+    }
+    st.devices
+        .iter()
+        .map(|d| {
+            let addrs: Vec<&str> = [d.ipv4.as_deref(), d.ipv6.as_deref()].into_iter().flatten().collect();
+            let xdp = d.xdp.as_deref().map(|m| format!(", xdp {m}")).unwrap_or_default();
+            format!("{} ({}; {}{xdp})", d.name, addrs.join(", "), d.tc)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn node_addresses_line(st: &Status) -> String {
+    if st.node_addresses.is_empty() {
+        return "-".into();
+    }
+    st.node_addresses.iter().map(|a| a.address.as_str()).collect::<Vec<_>>().join(", ")
+}
+
 pub fn render(st: &Status, client_version: &str) -> String {
     let features = st.kernel.features.iter().map(|(k, v)| format!("{k}={}", yes_no(*v))).collect::<Vec<_>>().join(" ");
     let head: Vec<Vec<String>> = [
@@ -42,6 +65,8 @@ pub fn render(st: &Status, client_version: &str) -> String {
         ("BPF fs root:", st.bpffs_root.clone()),
         ("Cgroup root:", st.cgroup_root.clone()),
         ("State dir:", st.state_dir.clone()),
+        ("Devices:", devices_line(st)),
+        ("Node addresses:", node_addresses_line(st)),
     ]
     .into_iter()
     .map(|(k, v)| vec![k.to_string(), v])
@@ -132,6 +157,16 @@ mod tests {
                 features: [("bpf_link".to_string(), true)].into_iter().collect(),
             },
             counters: [("sock_xlate_fwd".to_string(), 30)].into_iter().collect(),
+            devices: vec![axon_api::status::DeviceStatus {
+                name: "eth0".into(),
+                ifindex: 2,
+                mac: "02:00:00:00:00:01".into(),
+                ipv4: Some("10.77.0.20".into()),
+                ipv6: None,
+                tc: "tcx".into(),
+                xdp: Some("generic".into()),
+            }],
+            node_addresses: vec![],
         };
         let out = render(&st, "0.1.0");
         assert!(out.starts_with("agentctl:         0.1.0\nAxon agent:       0.1.0 (up 1m1s)\n"), "{out}");

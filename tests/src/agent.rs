@@ -59,9 +59,11 @@ impl AgentOptions {
         if let Some(name) = &self.node_name {
             flag("--node-name", name.clone());
         }
-        if !self.devices.is_empty() {
-            flag("--devices", self.devices.join(","));
-        }
+        // No devices named: socket-LB only. The agent's own default (`auto`)
+        // would attach to the default-route device of the netns it runs in,
+        // which for single-node labs is the machine's own.
+        let devices = if self.devices.is_empty() { "none".to_string() } else { self.devices.join(",") };
+        flag("--devices", devices);
         if let Some(m) = self.lb_mode {
             flag("--lb-mode", m.as_str().into());
         }
