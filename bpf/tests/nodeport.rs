@@ -132,6 +132,7 @@ fn services(a: &Addrs) -> Vec<Service> {
                 addr,
                 port,
                 proto,
+                scope: 0,
                 id: 2 * k as u32 + 1 + u32::from(proto == UDP),
                 svc_type: svc_type::NODE_PORT,
                 flags,

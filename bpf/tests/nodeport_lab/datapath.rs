@@ -31,7 +31,7 @@ impl Drop for PinDir {
     }
 }
 
-fn load(object: &[u8], pins: &Path) -> Ebpf {
+pub fn load(object: &[u8], pins: &Path) -> Ebpf {
     EbpfLoader::new().default_map_pin_directory(pins).load(object).expect("loading an object (maps pinned by name)")
 }
 
@@ -51,6 +51,8 @@ pub struct Service {
     pub addr: IpAddr,
     pub port: u16,
     pub proto: u8,
+    /// `scope::EXTERNAL`, or `scope::INTERNAL` for the internal view.
+    pub scope: u8,
     pub id: u32,
     pub svc_type: u8,
     pub flags: u8,
@@ -63,14 +65,23 @@ pub struct Service {
 pub struct NodeDatapath {
     tc: Ebpf,
     xdp: Option<Ebpf>,
+    maps: Maps,
     pub pins: PinDir,
+}
+
+impl std::ops::Deref for NodeDatapath {
+    type Target = Maps;
+
+    fn deref(&self) -> &Maps {
+        &self.maps
+    }
 }
 
 impl NodeDatapath {
     pub fn load(tag: &str) -> Self {
         let pins = PinDir::new(tag);
         let tc = load(NODEPORT, &pins.0);
-        NodeDatapath { tc, xdp: None, pins }
+        NodeDatapath { tc, xdp: None, maps: Maps::new(&pins), pins }
     }
 
     /// Attaches nodeport_ingress/egress to `dev` in `ns` (TCX on this kernel).
@@ -96,9 +107,21 @@ impl NodeDatapath {
         });
         self.xdp = Some(ebpf);
     }
+}
+
+/// The maps pinned in one directory, written and read with the #[repr(C)]
+/// types.
+pub struct Maps {
+    dir: PathBuf,
+}
+
+impl Maps {
+    pub fn new(pins: &PinDir) -> Self {
+        Maps { dir: pins.0.clone() }
+    }
 
     fn map(&self, name: &str) -> Map {
-        let path = self.pins.0.join(name);
+        let path = self.dir.join(name);
         let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
         Map::from_map_data(data).expect("a known map type")
     }
@@ -139,12 +162,14 @@ impl NodeDatapath {
                     let IpAddr::V4(be_addr) = be.addr else { panic!("an IPv4 service with an IPv6 backend") };
                     backends.insert(be.id, Lb4Backend::new(be_addr, be.port, svc.proto, be.flags), 0).expect("backend");
                     let slot = LbService { backend_id: be.id, rev_nat_index: svc.id, ..LbService::default() };
-                    services.insert(Lb4Key::new(addr, svc.port, svc.proto, i as u16 + 1), slot, 0).expect("slot");
+                    let key = Lb4Key { scope: svc.scope, ..Lb4Key::new(addr, svc.port, svc.proto, i as u16 + 1) };
+                    services.insert(key, slot, 0).expect("slot");
                 }
                 self.hash::<u32, Lb4ReverseNat>(names::LB4_REVERSE_NAT)
                     .insert(svc.id, Lb4ReverseNat::new(addr, svc.port), 0)
                     .expect("reverse nat");
-                services.insert(Lb4Key::new(addr, svc.port, svc.proto, 0), master, 0).expect("master");
+                let key = Lb4Key { scope: svc.scope, ..Lb4Key::new(addr, svc.port, svc.proto, 0) };
+                services.insert(key, master, 0).expect("master");
             }
             IpAddr::V6(addr) => {
                 let mut backends = self.hash::<u32, Lb6Backend>(names::LB6_BACKENDS);
@@ -153,12 +178,14 @@ impl NodeDatapath {
                     let IpAddr::V6(be_addr) = be.addr else { panic!("an IPv6 service with an IPv4 backend") };
                     backends.insert(be.id, Lb6Backend::new(be_addr, be.port, svc.proto, be.flags), 0).expect("backend");
                     let slot = LbService { backend_id: be.id, rev_nat_index: svc.id, ..LbService::default() };
-                    services.insert(Lb6Key::new(addr, svc.port, svc.proto, i as u16 + 1), slot, 0).expect("slot");
+                    let key = Lb6Key { scope: svc.scope, ..Lb6Key::new(addr, svc.port, svc.proto, i as u16 + 1) };
+                    services.insert(key, slot, 0).expect("slot");
                 }
                 self.hash::<u32, Lb6ReverseNat>(names::LB6_REVERSE_NAT)
                     .insert(svc.id, Lb6ReverseNat::new(addr, svc.port), 0)
                     .expect("reverse nat");
-                services.insert(Lb6Key::new(addr, svc.port, svc.proto, 0), master, 0).expect("master");
+                let key = Lb6Key { scope: svc.scope, ..Lb6Key::new(addr, svc.port, svc.proto, 0) };
+                services.insert(key, master, 0).expect("master");
             }
         }
     }
