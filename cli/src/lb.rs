@@ -6,7 +6,7 @@ use crate::table;
 use crate::Output;
 use anyhow::Result;
 use axon_api::Protocol;
-use axon_bpf::maps::{svc_type, LbService};
+use axon_bpf::maps::{svc_flags, svc_type, LbService};
 use axon_bpf::pinned::{read_lb_maps, LbMapsDump};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +34,25 @@ pub struct LbMaster {
     pub count: u16,
     #[serde(rename = "type")]
     pub svc_type: String,
+    /// What the master's flags turn on (`maglev`, `dsr`, `affinity=600s`, ...).
+    pub flags: Vec<String>,
+}
+
+/// The master flags as words, in a fixed order.
+fn flag_words(v: &LbService) -> Vec<String> {
+    let named = [
+        (svc_flags::NODEPORT_WILDCARD, "all-node-addresses"),
+        (svc_flags::TWO_SCOPES, "two-scopes"),
+        (svc_flags::DSR, "dsr"),
+        (svc_flags::MAGLEV, "maglev"),
+        (svc_flags::SRC_RANGES, "source-ranges"),
+    ];
+    let mut words: Vec<String> = named.iter().filter(|(bit, _)| v.flags & bit != 0).map(|(_, w)| w.to_string()).collect();
+    if v.flags & svc_flags::AFFINITY != 0 {
+        // The master's backend field carries the affinity timeout.
+        words.push(format!("affinity={}s", v.backend_id));
+    }
+    words
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -91,6 +110,7 @@ pub fn frontends(dump: &LbMapsDump) -> Vec<LbFrontend> {
                 rev_nat_id: v.rev_nat_index,
                 count: v.count,
                 svc_type: type_name(v.svc_type),
+                flags: flag_words(v),
             });
             let slots = entries
                 .iter()
@@ -121,7 +141,9 @@ pub fn rows(frontends: &[LbFrontend]) -> Vec<Vec<String>> {
     for fe in frontends {
         let mut cells = Vec::new();
         if let Some(m) = &fe.master {
-            cells.push(format!("{} ({}) (0) [{}]", zero_addr(&fe.frontend), m.rev_nat_id, m.svc_type));
+            let mut labels = vec![m.svc_type.clone()];
+            labels.extend(m.flags.iter().cloned());
+            cells.push(format!("{} ({}) (0) [{}]", zero_addr(&fe.frontend), m.rev_nat_id, labels.join(", ")));
         }
         for s in &fe.slots {
             let backend = s.backend.clone().unwrap_or_else(|| format!("<missing backend id {}>", s.backend_id));
@@ -162,6 +184,21 @@ mod tests {
 
     fn slot(rev_nat: u32, backend_id: u32) -> LbService {
         LbService { backend_id, rev_nat_index: rev_nat, count: 0, svc_type: svc_type::CLUSTER_IP, flags: 0 }
+    }
+
+    #[test]
+    fn master_flags_are_spelled_out() {
+        let v = LbService {
+            backend_id: 600,
+            rev_nat_index: 4,
+            count: 2,
+            svc_type: svc_type::NODE_PORT,
+            flags: svc_flags::NODEPORT_WILDCARD | svc_flags::MAGLEV | svc_flags::DSR | svc_flags::AFFINITY,
+        };
+        assert_eq!(flag_words(&v), vec!["all-node-addresses", "dsr", "maglev", "affinity=600s"]);
+        let dump = LbMapsDump { services4: vec![(Lb4Key::new(Ipv4Addr::UNSPECIFIED, 30080, 6, 0), v)], ..Default::default() };
+        let text = render(&frontends(&dump));
+        assert!(text.contains("0.0.0.0:30080/TCP   0.0.0.0:0 (4) (0) [NodePort, all-node-addresses, dsr, maglev, affinity=600s]"), "{text}");
     }
 
     #[test]
