@@ -300,6 +300,55 @@ fn run(name: &str, a: Addrs, mode: Mode, tx_checksum_offload: bool) {
     }
 }
 
+/// Maglev picks from the service's table, not at random, and ClientIP
+/// affinity keeps a client on one backend across connections.
+fn run_selection(name: &str, a: Addrs) {
+    const MAGLEV_SIZE: u32 = 13;
+    let s = setup(name, a, Mode::Tc, true);
+    s.node.set_config(AxonConfig { maglev_table_size: MAGLEV_SIZE, ..s.node.config() });
+    let both = |proto| vec![backend(&a, "b1", proto), backend(&a, "b2", proto)];
+    let (maglev_port, affinity_port) = (30090, 30091);
+    for (port, id, flags, timeout) in
+        [(maglev_port, 20, svc_flags::MAGLEV, 0), (affinity_port, 21, svc_flags::AFFINITY, 300)]
+    {
+        s.node.put_service(&Service {
+            addr: a.node,
+            port,
+            proto: TCP,
+            scope: 0,
+            id,
+            svc_type: svc_type::LOAD_BALANCER,
+            flags,
+            affinity_timeout: timeout,
+            backends: both(TCP),
+        });
+    }
+    let backends_seen = |port: u16, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| servers::tcp_who(&s.lab.client, frontend(&s, port)).expect("TCP to the frontend").backend)
+            .collect()
+    };
+
+    for (table_backend, name) in [(backend(&a, "b2", TCP).id, "b2"), (backend(&a, "b1", TCP).id, "b1")] {
+        s.node.set_maglev(20, &[table_backend; MAGLEV_SIZE as usize]);
+        let seen = backends_seen(maglev_port, 8);
+        assert!(seen.iter().all(|b| b == name), "Maglev table says {name}, connections went to {seen:?}");
+    }
+
+    let seen = backends_seen(affinity_port, 12);
+    assert!(seen.iter().all(|b| *b == seen[0]), "ClientIP affinity: {seen:?}");
+}
+
+#[test]
+fn maglev_and_affinity_ipv4() {
+    run_selection("sel4", V4());
+}
+
+#[test]
+fn maglev_and_affinity_ipv6() {
+    run_selection("sel6", V6());
+}
+
 #[test]
 fn tc_ipv4() {
     run("tc4", V4(), Mode::Tc, true);

@@ -212,6 +212,20 @@ impl Maps {
         }
     }
 
+    /// Writes a service's whole Maglev table (external scope).
+    pub fn set_maglev(&self, rev_nat_index: u32, table: &[u32]) {
+        let mut map = self.hash::<LbMaglevKey, u32>(names::LB_MAGLEV);
+        for (index, &backend_id) in table.iter().enumerate() {
+            let key = LbMaglevKey { rev_nat_index, index: index as u32, ..LbMaglevKey::default() };
+            map.insert(key, backend_id, 0).expect("maglev entry");
+        }
+    }
+
+    pub fn config(&self) -> AxonConfig {
+        let map: Array<MapData, AxonConfig> = Array::try_from(self.map(names::CONFIG)).expect("an array");
+        map.get(&0, 0).expect("reading axon_config")
+    }
+
     /// A datapath counter, summed over CPUs.
     pub fn metric(&self, index: u32) -> u64 {
         let map: PerCpuArray<MapData, u64> = PerCpuArray::try_from(self.map(names::METRICS)).expect("a per-CPU array");
