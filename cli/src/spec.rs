@@ -4,7 +4,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use axon_api::validate::{self, FieldError};
-use axon_api::{Backend, ServiceSpec, ServiceType};
+use axon_api::{Backend, Cidr, ServiceOptions, ServiceSpec, ServiceType, SessionAffinity};
 use serde_json::Value;
 use std::io::Read;
 use std::path::Path;
@@ -27,6 +27,64 @@ pub struct UpdateArgs {
     /// Optional name, such as NAMESPACE/NAME.
     #[arg(long)]
     pub name: Option<String>,
+    /// North-south mode: snat, dsr or hybrid (default: the agent's --lb-mode).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// North-south backend selection: random or maglev (default: the agent's --lb-algorithm).
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// ClientIP session affinity with this timeout in seconds (Kubernetes' default is 10800).
+    #[arg(long, value_name = "SECONDS")]
+    pub affinity_timeout: Option<String>,
+    /// externalTrafficPolicy: Cluster or Local.
+    #[arg(long)]
+    pub external_traffic_policy: Option<String>,
+    /// internalTrafficPolicy: Cluster or Local.
+    #[arg(long)]
+    pub internal_traffic_policy: Option<String>,
+    /// loadBalancerSourceRanges as CIDR,CIDR (LoadBalancer only).
+    #[arg(long)]
+    pub source_ranges: Option<String>,
+    /// healthCheckNodePort (with --external-traffic-policy Local).
+    #[arg(long)]
+    pub health_check_node_port: Option<String>,
+}
+
+/// The per-service options from their flags; each error names its flag.
+fn options_from_flags(args: &UpdateArgs) -> Result<ServiceOptions> {
+    fn parsed<T: std::str::FromStr<Err = String>>(v: &Option<String>, flag: &str) -> Result<Option<T>> {
+        v.as_deref().map(|s| s.trim().parse::<T>().map_err(|m| anyhow!("{flag}: {m}"))).transpose()
+    }
+    let session_affinity = match &args.affinity_timeout {
+        None => None,
+        Some(t) => {
+            let timeout_seconds = t.trim().parse::<u32>().ok().filter(|t| (1..=86_400).contains(t));
+            let timeout_seconds = timeout_seconds.ok_or_else(|| anyhow!("--affinity-timeout: {t:?} is not 1-86400 seconds"))?;
+            Some(SessionAffinity { timeout_seconds })
+        }
+    };
+    let source_ranges = match &args.source_ranges {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| c.parse::<Cidr>().map_err(|m| anyhow!("--source-ranges: {m}")))
+            .collect::<Result<_>>()?,
+    };
+    let health_check_node_port = match &args.health_check_node_port {
+        None => None,
+        Some(p) => Some(p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| anyhow!("--health-check-node-port: {p:?} is not a port"))?),
+    };
+    Ok(ServiceOptions {
+        mode: parsed(&args.mode, "--mode")?,
+        algorithm: parsed(&args.algorithm, "--algorithm")?,
+        session_affinity,
+        external_traffic_policy: parsed(&args.external_traffic_policy, "--external-traffic-policy")?.unwrap_or_default(),
+        internal_traffic_policy: parsed(&args.internal_traffic_policy, "--internal-traffic-policy")?.unwrap_or_default(),
+        source_ranges,
+        health_check_node_port,
+    })
 }
 
 /// A service id given on the command line; `what` names the argument in errors.
@@ -35,12 +93,25 @@ pub fn parse_id_arg(s: &str, what: &str) -> Result<u32> {
     validate::check_id(n).map_err(|m| anyhow!("{what}: {m}"))
 }
 
-/// `IP:PORT,IP:PORT`; an empty string is no backend at all.
+/// `IP:PORT[@NODE],...`; an empty string is no backend at all. `@NODE`
+/// names the node a backend runs on (for traffic policies).
 pub fn parse_backends_arg(s: &str) -> Result<Vec<Backend>, String> {
     s.split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
-        .map(|item| validate::parse_ip_port(item).map(|(ip, port)| Backend::new(ip, port)))
+        .map(|item| {
+            let (addr, node) = match item.split_once('@') {
+                Some((a, n)) if !n.is_empty() => (a, Some(n)),
+                Some(_) => return Err(format!("{item:?}: empty node name after @")),
+                None => (item, None),
+            };
+            let (ip, port) = validate::parse_ip_port(addr)?;
+            let backend = Backend::new(ip, port);
+            Ok(match node {
+                Some(n) => backend.on_node(n),
+                None => backend,
+            })
+        })
         .collect()
 }
 
@@ -50,7 +121,8 @@ pub fn from_flags(args: &UpdateArgs) -> Result<(u32, ServiceSpec)> {
     let frontend = validate::parse_frontend_arg(args.frontend.trim()).map_err(|m| anyhow!("--frontend: {m}"))?;
     let backends = parse_backends_arg(&args.backends).map_err(|m| anyhow!("--backends: {m}"))?;
     let svc_type: ServiceType = args.svc_type.parse().map_err(|m: String| anyhow!("--type: {m}"))?;
-    let spec = ServiceSpec { id: Some(id), name: args.name.clone(), frontend, backends, svc_type, options: Default::default() };
+    let options = options_from_flags(args)?;
+    let spec = ServiceSpec { id: Some(id), name: args.name.clone(), frontend, backends, svc_type, options };
     // The whole-service rules (name syntax, one address family, no duplicate
     // backend) live in the API crate; run them on the wire form so the CLI
     // can never accept what the agent would refuse.
@@ -67,6 +139,13 @@ fn flag_error(e: &FieldError) -> String {
         "frontend" => "--frontend",
         "backends" => "--backends",
         "type" => "--type",
+        "mode" => "--mode",
+        "algorithm" => "--algorithm",
+        "sessionAffinity" => "--affinity-timeout",
+        "externalTrafficPolicy" => "--external-traffic-policy",
+        "internalTrafficPolicy" => "--internal-traffic-policy",
+        "loadBalancerSourceRanges" => "--source-ranges",
+        "healthCheckNodePort" => "--health-check-node-port",
         _ => return e.to_string(),
     };
     format!("{flag}: {}", e.message)
@@ -133,11 +212,40 @@ mod tests {
             backends: backends.into(),
             svc_type: "ClusterIP".into(),
             name: None,
+            mode: None,
+            algorithm: None,
+            affinity_timeout: None,
+            external_traffic_policy: None,
+            internal_traffic_policy: None,
+            source_ranges: None,
+            health_check_node_port: None,
         }
     }
 
     fn err(a: &UpdateArgs) -> String {
         from_flags(a).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn north_south_flags() {
+        let mut a = args("0.0.0.0:30080", "10.0.1.2:8080@node-1, 10.0.2.2:8080@node-2");
+        a.svc_type = "NodePort".into();
+        a.mode = Some("dsr".into());
+        a.algorithm = Some("maglev".into());
+        a.affinity_timeout = Some("600".into());
+        a.external_traffic_policy = Some("Local".into());
+        a.health_check_node_port = Some("32000".into());
+        let (_, spec) = from_flags(&a).unwrap();
+        assert_eq!(spec.backends[1].node.as_deref(), Some("node-2"));
+        assert_eq!(spec.options.session_affinity.unwrap().timeout_seconds, 600);
+        a.mode = Some("tunnel".into());
+        assert!(err(&a).starts_with("--mode:"), "{}", err(&a));
+        a.mode = None;
+        a.source_ranges = Some("10.0.0.0/8".into());
+        assert!(err(&a).starts_with("--source-ranges:"), "NodePort has no source ranges: {}", err(&a));
+        a.svc_type = "ClusterIP".into();
+        a.source_ranges = None;
+        assert!(err(&a).starts_with("--frontend:"), "{}", err(&a));
     }
 
     #[test]
