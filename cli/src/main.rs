@@ -59,7 +59,7 @@ enum ServiceCmd {
     #[command(visible_alias = "rm")]
     Delete { id: String },
     /// Create or replace a service.
-    Update(spec::UpdateArgs),
+    Update(Box<spec::UpdateArgs>),
     /// Create or replace many services at once from a JSON or YAML file (`-` for stdin).
     Apply {
         #[arg(short = 'f', long = "file")]

@@ -12,7 +12,7 @@ pub const SUGGESTED_SIZES: [u32; 10] = [251, 509, 1021, 2039, 4093, 8191, 16381,
 pub const DEFAULT_TABLE_SIZE: u32 = 16381;
 
 pub fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d: &u32| (*d as u64) * (*d as u64) <= n as u64).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d: &u32| (*d as u64) * (*d as u64) <= n as u64).all(|d| !n.is_multiple_of(d))
 }
 
 /// FNV-1a, 64-bit: stable across Rust versions and machines (the table must

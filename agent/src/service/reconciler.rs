@@ -404,7 +404,7 @@ impl Reconciler {
             }
         }
         for (id, family) in orphans.rev_nat {
-            if !self.realized.get(&id).is_some_and(|r| Family::of(&r.frontend.address) == family) {
+            if self.realized.get(&id).is_none_or(|r| Family::of(&r.frontend.address) != family) {
                 self.maps.delete_rev_nat(id, family)?;
             }
         }
