@@ -9,9 +9,16 @@
 #        │ veth            │ veth            │ veth
 #   axd-be1 10.244.1.2   axd-be2 10.244.2.2   axd-be3 10.244.3.2   (each answers with its name on :8080)
 #
-# The client runs inside axd-client AND the child cgroup the agent attached
-# socket-LB to, so its connect() to 10.96.0.10:80 is sent to a backend. The VIP
-# is routed nowhere: without the translation the connect fails at once.
+# Part 1, ClusterIP: the client runs inside axd-client AND the child cgroup the
+# agent attached socket-LB to, so its connect() to 10.96.0.10:80 is sent to a
+# backend. The VIP is routed nowhere: without the translation the connect fails
+# at once.
+#
+# Part 2, NodePort: a second agent runs inside axd-lab (the "node") with its
+# tc programs on c0, the device facing the client. A plain client process (no
+# cgroup, no socket-LB) connects to the node's address 10.244.0.1:30080; the
+# node's datapath translates the packets, and each backend reports the client
+# address it saw (the client's own: local backends need no SNAT).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +36,12 @@ CGROUP=""
 STATE=""
 AGENT_LOG=""
 AGENT_PID=""
+NODE_BPFFS=/sys/fs/bpf/axon-demo-node
+NODE_SOCK=$RUNDIR/node.sock
+NODE_CGROUP=""
+NODE_PID=""
+NODE_LOG=""
+NODEPORT=30080
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 step() { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
@@ -51,11 +64,24 @@ teardown() {
     kill -KILL "$AGENT_PID" 2>/dev/null
     wait "$AGENT_PID" 2>/dev/null
   fi
-  if [ -n "${AGENT:-}" ] && [ -e "$BPFFS" ]; then
-    "$AGENT" --cleanup --bpffs-root "$BPFFS" >/dev/null 2>&1 || echo "axon-agent --cleanup failed"
+  if [ "$rc" -ne 0 ] && [ -s "$NODE_LOG" ]; then
+    echo "--- last lines of the node agent's log ---"
+    tail -n 20 "$NODE_LOG"
   fi
-  # Whatever --cleanup left (or an agent that never started) goes too.
-  [ -e "$BPFFS" ] && rm -rf "$BPFFS"
+  if [ -n "$NODE_PID" ] && kill -0 "$NODE_PID" 2>/dev/null; then
+    kill -TERM "$NODE_PID"
+    for _ in $(seq 50); do kill -0 "$NODE_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$NODE_PID" 2>/dev/null
+    wait "$NODE_PID" 2>/dev/null
+  fi
+  local root
+  for root in "$BPFFS" "$NODE_BPFFS"; do
+    if [ -n "${AGENT:-}" ] && [ -e "$root" ]; then
+      "$AGENT" --cleanup --bpffs-root "$root" >/dev/null 2>&1 || echo "axon-agent --cleanup failed for $root"
+    fi
+    # Whatever --cleanup left (or an agent that never started) goes too.
+    [ -e "$root" ] && rm -rf "$root"
+  done
   local ns pids
   for ns in "$CLIENT" "${BACKENDS[@]}" "$LAB"; do
     ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$ns" || continue
@@ -63,10 +89,13 @@ teardown() {
     [ -z "$pids" ] || kill -KILL $pids 2>/dev/null
     ip netns del "$ns"
   done
-  if [ -n "$CGROUP" ] && [ -d "$CGROUP" ]; then
-    for _ in $(seq 20); do rmdir "$CGROUP" 2>/dev/null && break; sleep 0.1; done
-    [ -d "$CGROUP" ] && echo "could not remove cgroup $CGROUP"
-  fi
+  local cg
+  for cg in "$CGROUP" "$NODE_CGROUP"; do
+    if [ -n "$cg" ] && [ -d "$cg" ]; then
+      for _ in $(seq 20); do rmdir "$cg" 2>/dev/null && break; sleep 0.1; done
+      [ -d "$cg" ] && echo "could not remove cgroup $cg"
+    fi
+  done
   rm -rf "$RUNDIR"
   [ -n "$STATE" ] && rm -rf "$STATE"
   [ "$rc" -eq 0 ] && echo "done: nothing left behind" || echo "demo failed (exit $rc)"
@@ -76,7 +105,7 @@ teardown() {
 # A previous run killed before its trap ran leaves the same names behind.
 leftovers() {
   ip netns list 2>/dev/null | awk '{print $1}' | grep -qx -e "$CLIENT" -e "$LAB" -e "${BACKENDS[0]}" -e "${BACKENDS[1]}" -e "${BACKENDS[2]}" \
-    || [ -e "$BPFFS" ] || [ -e "$RUNDIR" ]
+    || [ -e "$BPFFS" ] || [ -e "$NODE_BPFFS" ] || [ -e "$RUNDIR" ]
 }
 
 # ------------------------------------------------------------------- build
@@ -128,17 +157,17 @@ for be in "${BACKENDS[@]}"; do
   ip -n "$be" route add default via "10.244.$i.1"
 done
 
-step "Starting a server in each backend namespace (answers with its own name)"
+step "Starting a server in each backend namespace (answers with its name and the client it saw)"
 SERVER_PY='
 import socket, sys
-name = (sys.argv[1] + "\n").encode()
+name = sys.argv[1]
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", int(sys.argv[2])))
 s.listen(128)
 while True:
-    c, _ = s.accept()
-    c.sendall(name)
+    c, peer = s.accept()
+    c.sendall(("%s saw %s:%d\n" % (name, peer[0], peer[1])).encode())
     c.close()
 '
 i=0
@@ -195,9 +224,9 @@ for i in range(1, n + 1):
                 if not chunk:
                     break
                 data += chunk
-        name = data.decode().strip()
+        name, _, saw = data.decode().strip().partition(" saw ")
         counts[name] += 1
-        print("  request %2d: answered by %-8s (getpeername: %s)" % (i, name, peer))
+        print("  request %2d: answered by %-8s (getpeername: %s; the backend saw %s)" % (i, name, peer, saw))
     except OSError as e:
         failed += 1
         print("  request %2d: FAILED: %s" % (i, e))
@@ -220,3 +249,37 @@ step "What the agent and the kernel hold"
 show service list
 show bpf lb list
 show status
+
+# ---------------------------------------------------------------- NodePort
+NODE_CGROUP=$CG2/axon-demo-node
+mkdir -p "$NODE_CGROUP"
+NODE_LOG=$STATE/node-agent.log
+nctl() { "$AGENTCTL" --socket "$NODE_SOCK" --bpffs-root "$NODE_BPFFS" "$@"; }
+nshow() { printf '\n$ agentctl %s\n' "$*"; nctl "$@"; }
+
+step "Starting a second axon-agent inside $LAB, serving NodePorts on c0 (tc; XDP best-effort)"
+echo "nsenter --net=/run/netns/$LAB axon-agent --bpffs-root $NODE_BPFFS --api-socket $NODE_SOCK --devices c0 --node-name $LAB ..."
+# nsenter, not ip netns exec: the agent needs the real /sys (bpffs, cgroup2).
+NO_COLOR=1 nsenter --net=/run/netns/"$LAB" "$AGENT" --bpffs-root "$NODE_BPFFS" --cgroup-root "$NODE_CGROUP" \
+  --api-socket "$NODE_SOCK" --state-dir "$STATE/node" --devices c0 --node-name "$LAB" >"$NODE_LOG" 2>&1 &
+NODE_PID=$!
+for _ in $(seq 100); do
+  nctl status >/dev/null 2>&1 && break
+  kill -0 "$NODE_PID" 2>/dev/null || { cat "$NODE_LOG" >&2; die "the node's axon-agent exited"; }
+  sleep 0.1
+done
+nctl status >/dev/null || { cat "$NODE_LOG" >&2; die "the node's axon-agent did not answer on $NODE_SOCK"; }
+
+step "Declaring a NodePort service on every node address, port $NODEPORT"
+nshow service update --id 10 --name demo/web --frontend "0.0.0.0:$NODEPORT" --type NodePort \
+  --backends "10.244.1.2:$BACKEND_PORT@$LAB,10.244.2.2:$BACKEND_PORT@$LAB,10.244.3.2:$BACKEND_PORT@$LAB"
+
+step "$N requests to the node address 10.244.0.1:$NODEPORT from $CLIENT (a plain process: packets, not sockets, are translated)"
+nsenter --net=/run/netns/"$CLIENT" python3 -c "$CLIENT_PY" "$N" 10.244.0.1 "$NODEPORT" "$(IFS=,; echo "${BACKENDS[*]}")"
+echo "(every backend saw 10.244.0.2, the client itself: backends behind this node need no SNAT)"
+
+step "What the node's datapath holds"
+nshow service list
+nshow bpf lb list
+printf '\n$ agentctl bpf ct list | head -n 6   # two entries per connection: as it arrives, and its reply\n'
+nctl bpf ct list | head -n 6
