@@ -51,7 +51,10 @@ start() {
     curl -sf --unix-socket "$SOCK" http://axon/v1/healthz >/dev/null 2>&1 && break
     sleep 0.1
   done
-  PID=$(pgrep -x axon-agent | while read -r p; do grep -qa "$NAME" "/proc/$p/cmdline" && echo "$p"; done | head -n1)
+  PID=
+  for p in $(pgrep -x axon-agent || true); do
+    if grep -qa -- "$NAME" "/proc/$p/cmdline" 2>/dev/null; then PID=$p; break; fi
+  done
   [ -n "$PID" ] || { echo "agent did not start; log:" >&2; tail "$WORK/agent.log" >&2; exit 1; }
 }
 

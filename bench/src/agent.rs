@@ -81,6 +81,8 @@ impl Agent {
             .args(["--lb-service-map-max", &SERVICE_MAP_MAX.to_string()])
             .args(["--lb-backend-map-max", &BACKEND_MAP_MAX.to_string()])
             .args(["--lb-revnat-map-max", &REVNAT_MAP_MAX.to_string()])
+            // Socket-LB only: no programs on the machine's own devices.
+            .args(["--devices", "none"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -91,6 +93,7 @@ impl Agent {
                 Ok(())
             });
         }
+        let _creating = guard::creating()?;
         let child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
         guard::register_child(child.id());
         self.child = Some(child);
@@ -184,6 +187,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if guard::stopping() {
+            return;
+        }
         self.stop();
     }
 }

@@ -5,11 +5,32 @@
 use crate::sys;
 use std::io::Read;
 use std::os::fd::FromRawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 static PIPE_WR: AtomicI32 = AtomicI32::new(-1);
+/// Held while a lab resource is created, and by the signal path from its
+/// sweep to the exit: nothing can be created after the sweep has run.
+static CREATING: Mutex<()> = Mutex::new(());
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a signal is tearing the run down (drop guards then leave the
+/// work to the sweep).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Call before creating a namespace, cgroup or process of the lab and hold
+/// the guard until it is created (and its pid registered).
+pub fn creating() -> anyhow::Result<MutexGuard<'static, ()>> {
+    let guard = CREATING.lock().unwrap_or_else(|p| p.into_inner());
+    if stopping() {
+        drop(guard);
+        anyhow::bail!("interrupted");
+    }
+    Ok(guard)
+}
 
 /// Remembers a helper so a signal can kill it.
 pub fn register_child(pid: u32) {
@@ -45,6 +66,10 @@ pub fn install(cleanup: impl Fn() + Send + 'static) -> std::io::Result<()> {
         let mut b = [0u8; 1];
         if rd.read_exact(&mut b).is_ok() {
             eprintln!("\naxon-bench: interrupted, cleaning up the lab...");
+            STOPPING.store(true, Ordering::SeqCst);
+            // Kept until exit: whatever is being created finishes first, and
+            // nothing new starts after the sweep.
+            let _held = CREATING.lock().unwrap_or_else(|p| p.into_inner());
             let pids = CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for pid in pids {
                 sys::signal(pid, libc::SIGKILL);

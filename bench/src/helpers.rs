@@ -63,7 +63,18 @@ pub fn latency(
             cmd.args(["--baseline-target", &workload::target_arg(*addr, expect)]);
         }
     }
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output().context("running the client helper")?;
+    let creating = guard::creating()?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the client helper")?;
+    let pid = child.id();
+    guard::register_child(pid);
+    drop(creating);
+    let out = child.wait_with_output().context("running the client helper")?;
+    guard::forget_child(pid);
     if !out.status.success() {
         bail!("client helper failed ({})", out.status);
     }
@@ -141,11 +152,13 @@ pub fn tool(net: &ClientNet, program: &str, args: &[&str], limit: Duration, log:
             Ok(())
         });
     }
+    let creating = guard::creating()?;
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
     drop(ns);
     let pid = child.id();
     guard::register_child(pid);
+    drop(creating);
     // Waiting in a thread gives the exit time exactly, and a timeout.
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

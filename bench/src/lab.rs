@@ -78,6 +78,7 @@ impl Lab {
             server: None,
             next_client: 0,
         };
+        let _creating = guard::creating()?;
         std::fs::create_dir_all(&lab.workdir).with_context(|| format!("creating {}", lab.workdir.display()))?;
         for cg in [&lab.cg_lb, &lab.cg_plain] {
             std::fs::create_dir(cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
@@ -110,6 +111,7 @@ impl Lab {
         let name = format!("{}-c{k}", self.prefix);
         let veth = format!("{}c{k}", self.prefix);
         let peer = format!("{}b{k}", self.prefix);
+        let _creating = guard::creating()?;
         ip(&["netns", "add", &name])?;
         let net = ClientNet { path: self.netns_path(&name), name: name.clone(), veth: veth.clone() };
         // Created inside the client netns with its peer put straight into the
@@ -130,6 +132,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if guard::stopping() {
+            return;
+        }
         if let Some(mut child) = self.server.take() {
             guard::forget_child(child.id());
             let _ = child.kill();
@@ -147,6 +152,9 @@ impl Drop for Lab {
 
 impl Drop for ClientNet {
     fn drop(&mut self) {
+        if guard::stopping() {
+            return;
+        }
         // Deleting the link first removes both veth ends synchronously;
         // netns teardown alone is deferred by the kernel.
         let _ = ip(&["-n", &self.name, "link", "del", &self.veth]);

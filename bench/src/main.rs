@@ -37,7 +37,7 @@ struct Cli {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A short run for development: sizes 1 and 1k, 500 samples, no docs.
+    /// A short run for development: sizes 1 and 1k, 1000 samples, no docs.
     #[arg(long)]
     quick: bool,
     /// Service counts to measure [default: 1,1000,10000,100000].
@@ -46,7 +46,7 @@ struct RunArgs {
     /// Peers to run [default: direct,axon,iptables-legacy,iptables-nft,nftables].
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
-    /// Timed connects per target.
+    /// Timed connects per target [default: 5000].
     #[arg(long)]
     samples: Option<usize>,
     /// Untimed connects before them.
@@ -119,7 +119,7 @@ enum Cmd {
         samples: usize,
         #[arg(long)]
         warmup: usize,
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 50)]
         block: usize,
         #[arg(long, default_value_t = 120)]
         max_seconds: u64,
@@ -284,7 +284,7 @@ fn bench(args: RunArgs) -> anyhow::Result<()> {
             sizes.iter().copied().max().unwrap_or(1)
         }
     });
-    let samples = args.samples.unwrap_or(if args.quick { 500 } else { 2000 });
+    let samples = args.samples.unwrap_or(if args.quick { 1000 } else { 5000 });
     let cfg = Config {
         exe,
         agent_bin: agent_bin.clone(),
@@ -346,14 +346,12 @@ fn bench(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How this run was started, for the docs.
+/// How this run was started, for the docs. With no options it is exactly
+/// what `make bench` runs.
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let via_make = std::env::var_os("MAKELEVEL").is_some();
-    let cmd = format!("axon-bench{}", args.iter().map(|a| format!(" {a}")).collect::<String>());
-    if via_make && args.is_empty() {
-        "make bench".to_string()
-    } else {
-        cmd
+    if args.is_empty() {
+        return "make bench (axon-bench with its default options)".to_string();
     }
+    format!("axon-bench{}", args.iter().map(|a| format!(" {a}")).collect::<String>())
 }

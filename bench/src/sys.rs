@@ -62,7 +62,11 @@ pub fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
-/// Whether `pid` is alive and runs a program called `comm`.
+/// Whether `pid` is alive (a zombie is not) and runs a program called `comm`.
 pub fn process_is(pid: u32, comm: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // "pid (comm) state ...": comm may hold spaces and parentheses.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+    let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
+    &stat[open + 1..close] == comm && !matches!(state, "Z" | "X")
 }
