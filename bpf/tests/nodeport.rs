@@ -26,6 +26,7 @@ mod lab;
 
 use axon_bpf::maps::{backend_state, ct, metric, svc_flags, svc_type, AxonConfig, AxonDevice};
 use aya::programs::XdpMode;
+use lab::capture::{l4, l4_checksum_ok, ones_sum, Capture, Frame};
 use lab::datapath::{attach_xdp_pass, Backend, NodeDatapath, PeerXdp, Service};
 use lab::net::{ifindex, set_tx_checksum};
 use lab::servers::{self, Backend as Server};
@@ -188,6 +189,41 @@ fn frontend(s: &Setup, port: u16) -> SocketAddr {
     SocketAddr::new(s.a.node, port)
 }
 
+/// Runs `check` while capturing at the client and both backends, then
+/// verifies the checksum of every TCP and UDP packet seen: translated
+/// packets must carry checksums a verifying receiver accepts (veth
+/// receivers trust the skb and would not notice).
+fn with_wire_check(s: &Setup, what: &str, check: fn(&Setup)) {
+    let captures = [
+        ("client", Capture::open(&s.lab.client, "eth0")),
+        ("b1", Capture::open(&s.lab.b1, "eth0")),
+        ("b2", Capture::open(&s.lab.b2, "eth0")),
+    ];
+    check(s);
+    let mut checked = 0;
+    for (place, capture) in &captures {
+        for frame in capture.drain() {
+            let Some((src, dst, proto, seg)) = l4(&frame.data) else { continue };
+            let csum_at = match proto {
+                TCP => 16,
+                UDP => 6,
+                _ => continue,
+            };
+            if seg.len() < csum_at + 2 || (proto == UDP && s.a.node.is_ipv4() && seg[6] == 0 && seg[7] == 0) {
+                continue;
+            }
+            assert!(
+                l4_checksum_ok(src, dst, proto, seg, frame.csum_partial),
+                "{what}: bad checksum at {place}: {src} -> {dst} proto {proto} partial {}: {:02x?}",
+                frame.csum_partial,
+                &seg[..seg.len().min(40)]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "{what}: no packets captured");
+}
+
 fn check_local_backend(s: &Setup) {
     let who = servers::tcp_who(&s.lab.client, frontend(s, PORT_LOCAL)).expect("TCP to the NodePort (local backend)");
     assert_eq!((who.backend.as_str(), who.peer.parse::<IpAddr>().ok()), ("b1", Some(s.a.client)), "TCP local: {who:?}");
@@ -218,7 +254,42 @@ fn check_dsr(s: &Setup) {
     assert!(s.remote.metric(metric::NP_REV) > remote_rev, "the backend's node translates DSR replies");
 }
 
+/// The RST and the ICMP error on the client's wire: from the frontend, and
+/// with checksums a receiver that verifies would accept.
+fn check_reject_packets(s: &Setup, frames: &[Frame]) {
+    let answers: Vec<(&Frame, IpAddr, IpAddr, u8, &[u8])> = frames
+        .iter()
+        .filter_map(|f| l4(&f.data).map(|(src, dst, proto, seg)| (f, src, dst, proto, seg)))
+        .filter(|&(_, src, dst, _, _)| src == s.a.node && dst == s.a.client)
+        .collect();
+    let rst = answers
+        .iter()
+        .find(|(_, _, _, proto, seg)| *proto == TCP && seg.len() >= 20 && seg[13] & 0x04 != 0)
+        .expect("a TCP RST from the frontend on the client's wire");
+    assert_eq!(u16::from_be_bytes([rst.4[0], rst.4[1]]), PORT_EMPTY, "RST from the frontend port");
+    assert!(
+        l4_checksum_ok(rst.1, rst.2, TCP, rst.4, rst.0.csum_partial),
+        "RST checksum (partial: {}): {:02x?}",
+        rst.0.csum_partial,
+        rst.4
+    );
+    eprintln!("RST on the wire with a {} checksum", if rst.0.csum_partial { "partial (seed)" } else { "complete" });
+    let icmp_proto = if s.a.node.is_ipv4() { 1 } else { 58 };
+    let icmp = answers
+        .iter()
+        .find(|(_, _, _, proto, _)| *proto == icmp_proto)
+        .expect("an ICMP port unreachable from the frontend on the client's wire");
+    assert_eq!((icmp.4[0], icmp.4[1]), if icmp_proto == 1 { (3, 3) } else { (1, 4) }, "port unreachable");
+    assert!(l4_checksum_ok(icmp.1, icmp.2, icmp_proto, icmp.4, false), "ICMP checksum: {:02x?}", icmp.4);
+    if s.a.node.is_ipv4() {
+        for (f, ..) in [rst, icmp] {
+            assert_eq!(ones_sum(&f.data[14..34], 0), 0xffff, "IPv4 header checksum");
+        }
+    }
+}
+
 fn check_reject(s: &Setup) {
+    let capture = Capture::open(&s.lab.client, "eth0");
     let started = Instant::now();
     let err = servers::tcp_connect(&s.lab.client, frontend(s, PORT_EMPTY), Duration::from_secs(5))
         .expect_err("a frontend without backends must refuse");
@@ -232,6 +303,7 @@ fn check_reject(s: &Setup) {
     let err = socket.recv(&mut buf).expect_err("no answer but an ICMP error");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "UDP without backends: {err}");
     assert!(s.node.metric(metric::NP_NO_BACKEND) >= 2);
+    check_reject_packets(s, &capture.drain());
 }
 
 fn check_transfers(s: &Setup) {
@@ -271,9 +343,9 @@ fn check_source_ranges(s: &Setup) {
 fn run(name: &str, a: Addrs, mode: Mode, tx_checksum_offload: bool) {
     let s = setup(name, a, mode, tx_checksum_offload);
     let checks: [(&str, fn(&Setup)); 6] = [
-        ("local backend", check_local_backend),
-        ("SNAT", check_snat),
-        ("DSR", check_dsr),
+        ("local backend", |s| with_wire_check(s, "local backend", check_local_backend)),
+        ("SNAT", |s| with_wire_check(s, "SNAT", check_snat)),
+        ("DSR", |s| with_wire_check(s, "DSR", check_dsr)),
         ("reject", check_reject),
         ("transfers", check_transfers),
         ("source ranges", check_source_ranges),
@@ -352,6 +424,17 @@ fn maglev_and_affinity_ipv6() {
 #[test]
 fn tc_ipv4() {
     run("tc4", V4(), Mode::Tc, true);
+}
+
+/// tc on complete checksums (senders without offload).
+#[test]
+fn tc_complete_checksums_ipv4() {
+    run("tk4", V4(), Mode::Tc, false);
+}
+
+#[test]
+fn tc_complete_checksums_ipv6() {
+    run("tk6", V6(), Mode::Tc, false);
 }
 
 #[test]

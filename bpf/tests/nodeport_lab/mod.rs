@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod datapath;
 pub mod net;
 pub mod servers;
