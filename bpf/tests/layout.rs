@@ -431,10 +431,7 @@ fn check_map_sizes(object: &str, maps: &BTreeMap<String, (usize, usize, u32)>) {
     .into_iter()
     .map(|(name, k, v, n)| (name.to_string(), (k, v, n)))
     .collect();
-    assert_eq!(
-        *maps, expected,
-        "maps in {object}: name -> (key size, value size, default max_entries)"
-    );
+    assert_eq!(*maps, expected, "maps in {object}: name -> (key size, value size, default max_entries)");
     let all: Vec<&str> = names::ALL.to_vec();
     let mut sorted = all.clone();
     sorted.sort();

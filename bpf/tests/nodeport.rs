@@ -237,8 +237,12 @@ fn check_snat(s: &Setup) {
     let who = servers::udp_who(&s.lab.client, frontend(s, PORT_SNAT)).expect("UDP to the SNAT frontend");
     assert_eq!((who.backend.as_str(), who.peer.parse::<IpAddr>().ok()), ("b2", Some(s.a.node)), "UDP SNAT: {who:?}");
     let snat_flows = match s.a.node {
-        IpAddr::V4(_) => s.node.ct4().iter().filter(|(k, e)| k.dir == ct::DIR_REPLY && e.flags & ct::F_SNAT != 0).count(),
-        IpAddr::V6(_) => s.node.ct6().iter().filter(|(k, e)| k.dir == ct::DIR_REPLY && e.flags & ct::F_SNAT != 0).count(),
+        IpAddr::V4(_) => {
+            s.node.ct4().iter().filter(|(k, e)| k.dir == ct::DIR_REPLY && e.flags & ct::F_SNAT != 0).count()
+        }
+        IpAddr::V6(_) => {
+            s.node.ct6().iter().filter(|(k, e)| k.dir == ct::DIR_REPLY && e.flags & ct::F_SNAT != 0).count()
+        }
     };
     assert!(snat_flows >= 2, "SNAT REPLY conntrack entries on the node: {snat_flows}");
 }
@@ -309,8 +313,14 @@ fn check_reject(s: &Setup) {
 fn check_transfers(s: &Setup) {
     for (port, what) in [(PORT_LOCAL, "local"), (PORT_SNAT, "SNAT"), (PORT_DSR, "DSR")] {
         let target = frontend(s, port);
-        assert!(servers::tcp_put(&s.lab.client, target, TRANSFER, 7).expect("upload"), "5 MB upload via {what}: content differs");
-        assert!(servers::tcp_get(&s.lab.client, target, TRANSFER, 11).expect("download"), "5 MB download via {what}: content differs");
+        assert!(
+            servers::tcp_put(&s.lab.client, target, TRANSFER, 7).expect("upload"),
+            "5 MB upload via {what}: content differs"
+        );
+        assert!(
+            servers::tcp_get(&s.lab.client, target, TRANSFER, 11).expect("download"),
+            "5 MB download via {what}: content differs"
+        );
     }
 }
 
@@ -340,9 +350,12 @@ fn check_source_ranges(s: &Setup) {
     servers::udp_who(&s.lab.client, frontend(s, PORT_RANGED)).expect("an allowed UDP source");
 }
 
+/// A named step of [`run`].
+type Check = (&'static str, fn(&Setup));
+
 fn run(name: &str, a: Addrs, mode: Mode, tx_checksum_offload: bool) {
     let s = setup(name, a, mode, tx_checksum_offload);
-    let checks: [(&str, fn(&Setup)); 6] = [
+    let checks: [Check; 6] = [
         ("local backend", |s| with_wire_check(s, "local backend", check_local_backend)),
         ("SNAT", |s| with_wire_check(s, "SNAT", check_snat)),
         ("DSR", |s| with_wire_check(s, "DSR", check_dsr)),

@@ -16,18 +16,18 @@
 //! network namespace (its loopback holds the node address and the backends).
 
 #[allow(dead_code)]
+#[path = "nodeport_lab/datapath.rs"]
+mod datapath;
+#[allow(dead_code)]
 #[path = "nodeport_lab/net.rs"]
 mod net;
 #[allow(dead_code)]
 #[path = "nodeport_lab/servers.rs"]
 mod servers;
-#[allow(dead_code)]
-#[path = "nodeport_lab/datapath.rs"]
-mod datapath;
 
-use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use axon_bpf::maps::{metric, scope, svc_flags, svc_type};
 use axon_bpf::objects::{SOCK_LB, SOCK_LB_PROGRAMS, SOCK_POST_BIND_PROGRAMS};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use datapath::{Backend, Maps, PinDir, Service};
 use net::{ip, Netns};
 use std::fs::File;
@@ -185,7 +185,8 @@ fn run_client(s: &Setup, ops: &[&str]) -> Vec<String> {
 /// `AXON> <result>`.
 #[test]
 fn client_process() {
-    let (Ok(cgroup), Ok(netns), Ok(ops)) = (std::env::var(ENV_CGROUP), std::env::var(ENV_NETNS), std::env::var(ENV_OPS))
+    let (Ok(cgroup), Ok(netns), Ok(ops)) =
+        (std::env::var(ENV_CGROUP), std::env::var(ENV_NETNS), std::env::var(ENV_OPS))
     else {
         return;
     };
@@ -199,8 +200,12 @@ fn client_process() {
         let words: Vec<&str> = op.split_whitespace().collect();
         let result = match words.as_slice() {
             ["who", addr] => who(addr.parse().expect("address")),
-            ["bind", "tcp", addr] => bind_result(TcpListener::bind(addr.parse::<SocketAddr>().expect("address")).map(drop)),
-            ["bind", "udp", addr] => bind_result(UdpSocket::bind(addr.parse::<SocketAddr>().expect("address")).map(drop)),
+            ["bind", "tcp", addr] => {
+                bind_result(TcpListener::bind(addr.parse::<SocketAddr>().expect("address")).map(drop))
+            }
+            ["bind", "udp", addr] => {
+                bind_result(UdpSocket::bind(addr.parse::<SocketAddr>().expect("address")).map(drop))
+            }
             _ => panic!("unknown op {op}"),
         };
         println!("AXON> {result}");
@@ -257,17 +262,17 @@ fn socket_lb_serves_north_south_frontends_and_protects_their_ports() {
     let denied_before = s.maps.metric(metric::BIND_DENIED);
     // "err 98" is EADDRINUSE.
     let cases: [(&str, &str); 12] = [
-        ("bind tcp 0.0.0.0:30080", "err 98"),      // wildcard NodePort
-        ("bind tcp 10.88.0.1:30080", "err 98"),    // wildcard covers every address
-        ("bind tcp 0.0.0.0:30090", "err 98"),      // HostPort on a node address
+        ("bind tcp 0.0.0.0:30080", "err 98"),   // wildcard NodePort
+        ("bind tcp 10.88.0.1:30080", "err 98"), // wildcard covers every address
+        ("bind tcp 0.0.0.0:30090", "err 98"),   // HostPort on a node address
         ("bind tcp 10.88.0.1:30090", "err 98"),
-        ("bind tcp 127.0.0.1:30090", "ok"),        // not where the HostPort is
-        ("bind udp 0.0.0.0:30083", "err 98"),      // UDP NodePort
-        ("bind tcp 0.0.0.0:30083", "ok"),          // other protocol
-        ("bind tcp 0.0.0.0:30099", "ok"),          // nobody's port
+        ("bind tcp 127.0.0.1:30090", "ok"),   // not where the HostPort is
+        ("bind udp 0.0.0.0:30083", "err 98"), // UDP NodePort
+        ("bind tcp 0.0.0.0:30083", "ok"),     // other protocol
+        ("bind tcp 0.0.0.0:30099", "ok"),     // nobody's port
         ("bind tcp [::]:30080", "err 98"),
         ("bind tcp [fd88::1]:30080", "err 98"),
-        ("bind tcp [::]:30090", "err 98"),         // dual-stack: the v4 HostPort
+        ("bind tcp [::]:30090", "err 98"), // dual-stack: the v4 HostPort
         ("bind tcp [::1]:30099", "ok"),
     ];
     let ops: Vec<&str> = cases.iter().map(|(op, _)| *op).collect();

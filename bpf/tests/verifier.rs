@@ -5,9 +5,9 @@
 //! each program's verified-instruction count so growth is visible. Needs
 //! root and a bpffs at /sys/fs/bpf; nothing is attached.
 
+use axon_bpf::objects::{NODEPORT, SOCK_LB, XDP};
 use aya::programs::Program;
 use aya::EbpfLoader;
-use axon_bpf::objects::{NODEPORT, SOCK_LB, XDP};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -45,7 +45,8 @@ fn load_program(name: &str, program: &mut Program) -> Result<(), String> {
         aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
             // The end of the log says why; the whole of it can be megabytes.
-            let tail: String = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String =
+                log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
             format!("{name}: {io_error}\n{tail}")
         }
         other => format!("{name}: {other}"),

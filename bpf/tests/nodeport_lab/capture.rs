@@ -48,7 +48,13 @@ impl Capture {
                 let fd = OwnedFd::from_raw_fd(fd);
                 let one: libc::c_int = 1;
                 let len = std::mem::size_of_val(&one) as libc::socklen_t;
-                let rc = libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, PACKET_AUXDATA, (&one as *const libc::c_int).cast(), len);
+                let rc = libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    PACKET_AUXDATA,
+                    (&one as *const libc::c_int).cast(),
+                    len,
+                );
                 assert_eq!(rc, 0, "PACKET_AUXDATA");
                 let mut sll: libc::sockaddr_ll = std::mem::zeroed();
                 sll.sll_family = libc::AF_PACKET as u16;

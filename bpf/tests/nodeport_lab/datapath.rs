@@ -4,12 +4,12 @@
 //! types of `axon_bpf::maps`.
 
 use super::net::in_ns;
+use axon_bpf::maps::*;
+use axon_bpf::objects::{NODEPORT, XDP, XDP_PASS_PROGRAM, XDP_PROGRAM};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use axon_bpf::maps::*;
-use axon_bpf::objects::{NODEPORT, XDP, XDP_PASS_PROGRAM, XDP_PROGRAM};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -88,7 +88,9 @@ impl NodeDatapath {
     pub fn attach_tc(&mut self, ns: &str, dev: &str) {
         let tc = &mut self.tc;
         in_ns(ns, move || {
-            for (name, direction) in [("nodeport_ingress", TcAttachType::Ingress), ("nodeport_egress", TcAttachType::Egress)] {
+            for (name, direction) in
+                [("nodeport_ingress", TcAttachType::Ingress), ("nodeport_egress", TcAttachType::Egress)]
+            {
                 let program: &mut SchedClassifier =
                     tc.program_mut(name).expect("program in nodeport.o").try_into().expect("a classifier");
                 program.load().unwrap_or_else(|e| panic!("loading {name}: {e:?}"));

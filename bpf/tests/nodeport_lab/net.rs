@@ -34,7 +34,10 @@ impl Netns {
         // No duplicate address detection: a link-local address still
         // tentative cannot source the neighbour solicitations a router sends
         // for forwarded packets, which would hold a flow's first packet ~1 s.
-        ns_sh(name, "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad; echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad");
+        ns_sh(
+            name,
+            "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad; echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad",
+        );
         ns
     }
 }

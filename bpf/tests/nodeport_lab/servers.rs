@@ -135,10 +135,7 @@ pub struct Who {
 
 fn parse_who(text: &str) -> Who {
     let mut words = text.split_whitespace();
-    Who {
-        peer: words.next().unwrap_or_default().to_string(),
-        backend: words.next().unwrap_or_default().to_string(),
-    }
+    Who { peer: words.next().unwrap_or_default().to_string(), backend: words.next().unwrap_or_default().to_string() }
 }
 
 fn connect(target: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
