@@ -514,9 +514,14 @@ static __noinline int np4_dsr_backend(ctx_t *ctx, const struct np4_pkt *p, __u32
 	return CTX_ACT_OK;
 }
 
-static __always_inline int lb4_backend_exists(__u32 backend_id)
+/* Whether a flow's backend is still what it was when the flow began (the
+ * id may since have been freed, or reused for another backend). */
+static __always_inline int np4_backend_current(const struct ct4_entry *e)
 {
-	return bpf_map_lookup_elem(&axon_lb4_backends, &backend_id) != NULL;
+	__u32 id = e->backend_id;
+	const struct lb4_backend *be = bpf_map_lookup_elem(&axon_lb4_backends, &id);
+
+	return be && be->address == e->backend_addr && be->port == e->backend_port;
 }
 
 /* A packet of no known flow: a new flow if it is for a frontend. */
@@ -564,7 +569,7 @@ static __noinline int np4_ingress(ctx_t *ctx)
 		e = ct4_lookup(&key, now);
 		/* A flow whose backend is gone is balanced afresh. */
 		if (e && !ct_tcp_reopens(p.proto, e->tcp_state, p.tcp_flags) &&
-		    lb4_backend_exists(e->backend_id))
+		    np4_backend_current(e))
 			return np4_ct_forward(ctx, &p, e, now);
 
 		key.dir = AXON_CT_DIR_REPLY;
@@ -912,9 +917,12 @@ static __noinline int np6_dsr_backend(ctx_t *ctx, const struct np6_pkt *p, __u32
 	return CTX_ACT_OK;
 }
 
-static __always_inline int lb6_backend_exists(__u32 backend_id)
+static __always_inline int np6_backend_current(const struct ct6_entry *e)
 {
-	return bpf_map_lookup_elem(&axon_lb6_backends, &backend_id) != NULL;
+	__u32 id = e->backend_id;
+	const struct lb6_backend *be = bpf_map_lookup_elem(&axon_lb6_backends, &id);
+
+	return be && ipv6_addr_equal(be->address, e->backend_addr) && be->port == e->backend_port;
 }
 
 /* A packet of no known flow: a new flow if it is for a frontend. */
@@ -961,7 +969,7 @@ static __noinline int np6_ingress(ctx_t *ctx)
 		ct6_key_init(&key, p.t.saddr, p.t.daddr, p.t.sport, p.t.dport, p.proto, AXON_CT_DIR_SERVICE);
 		e = ct6_lookup(&key, now);
 		if (e && !ct_tcp_reopens(p.proto, e->tcp_state, p.tcp_flags) &&
-		    lb6_backend_exists(e->backend_id))
+		    np6_backend_current(e))
 			return np6_ct_forward(ctx, &p, e, now);
 
 		key.dir = AXON_CT_DIR_REPLY;

@@ -422,6 +422,36 @@ fn run_selection(name: &str, a: Addrs) {
 
     let seen = backends_seen(affinity_port, 12);
     assert!(seen.iter().all(|b| *b == seen[0]), "ClientIP affinity: {seen:?}");
+
+    // A flow outlives its backend only until its next packet: the same UDP
+    // 5-tuple is balanced afresh once the backend is gone.
+    let moving = |backend: Backend| Service {
+        addr: a.node,
+        port: 30092,
+        proto: UDP,
+        scope: 0,
+        id: 22,
+        svc_type: svc_type::LOAD_BALANCER,
+        flags: 0,
+        affinity_timeout: 0,
+        backends: vec![backend],
+    };
+    s.node.put_service(&moving(Backend { id: 40, ..backend(&a, "b2", UDP) }));
+    let socket = servers::udp_socket(&s.lab.client, frontend(&s, 30092)).expect("UDP socket");
+    let ask = || -> String {
+        for _ in 0..4 {
+            let mut buf = [0u8; 128];
+            socket.send(b"WHO").expect("send");
+            if let Ok(n) = socket.recv(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n]).split_whitespace().nth(1).unwrap_or_default().to_string();
+            }
+        }
+        panic!("no UDP answer from port 30092");
+    };
+    assert_eq!(ask(), "b2");
+    s.node.put_service(&moving(Backend { id: 41, ..backend(&a, "b1", UDP) }));
+    s.node.remove_backend(40, a.node.is_ipv6());
+    assert_eq!(ask(), "b1", "the flow follows the service once its backend is gone");
 }
 
 #[test]

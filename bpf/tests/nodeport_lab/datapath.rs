@@ -214,6 +214,15 @@ impl Maps {
         }
     }
 
+    /// Deletes a backend (after the slots naming it were rewritten).
+    pub fn remove_backend(&self, id: u32, ipv6: bool) {
+        if ipv6 {
+            self.hash::<u32, Lb6Backend>(names::LB6_BACKENDS).remove(&id).expect("removing a backend");
+        } else {
+            self.hash::<u32, Lb4Backend>(names::LB4_BACKENDS).remove(&id).expect("removing a backend");
+        }
+    }
+
     /// Writes a service's whole Maglev table (external scope).
     pub fn set_maglev(&self, rev_nat_index: u32, table: &[u32]) {
         let mut map = self.hash::<LbMaglevKey, u32>(names::LB_MAGLEV);
