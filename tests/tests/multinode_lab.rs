@@ -154,6 +154,13 @@ fn an_agent_runs_inside_its_node_and_attaches_to_the_node_device() {
         let text = body.to_string();
         assert!(text.contains("eth0"), "status of {} does not show its device eth0: {body:#}", node.name());
     }
+    // A restarted agent comes back inside its node too.
+    let mut cluster = cluster;
+    cluster.agent_mut(1).restart_killed().expect("restart");
+    let pid = cluster.agent(1).pid().expect("running again");
+    let ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).expect("agent netns");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(ns.ino(), lab.node(1).netns().inode().expect("inode"), "restarted agent runs elsewhere");
     drop(cluster);
     // The node cgroups are empty again and the lab tears down cleanly.
     std::thread::sleep(Duration::from_millis(50));

@@ -19,7 +19,8 @@ use std::time::Duration;
 fn xdp_cluster(label: &str, setting: XdpSetting, checksum_offload: bool) -> Ns {
     let shape = MultiNodeOptions { nodes: 2, backends_per_node: 1, checksum_offload };
     let lab = MultiNodeLab::with_options(label, &shape).expect("lab");
-    if setting == XdpSetting::Native {
+    // Best-effort picks native on veth too: its peers need the program as well.
+    if matches!(setting, XdpSetting::Native | XdpSetting::BestEffort) {
         lab.attach_xdp_pass_to_peers().expect("XDP_PASS on the peers");
     }
     let servers = lab.serve_all(BACKEND_PORT).expect("servers");
@@ -78,6 +79,11 @@ fn nodeport_is_served_from_native_xdp() {
 #[test]
 fn nodeport_is_served_from_native_xdp_with_full_checksums() {
     serve_from_xdp(XdpSetting::Native, false);
+}
+
+#[test]
+fn nodeport_is_served_from_best_effort_xdp_with_full_checksums() {
+    serve_from_xdp(XdpSetting::BestEffort, false);
 }
 
 #[test]
