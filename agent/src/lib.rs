@@ -10,5 +10,6 @@ pub mod api;
 pub mod config;
 pub mod datapath;
 pub mod health;
+pub mod memory;
 pub mod service;
 pub mod store;

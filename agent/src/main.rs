@@ -85,6 +85,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let manager = ServiceManager::start(store, Box::new(maps), limits, settings).context("restoring services")?;
     let manager = Arc::new(Mutex::new(manager));
+    // Start-up held every service three times (store, snapshot, model).
+    axon_agent::memory::release_free_memory();
     tokio::spawn(axon_agent::health::run(manager.clone()));
     let listener = api::bind(&config.api_socket)?;
     let state = Arc::new(ApiState {

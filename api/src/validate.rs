@@ -396,6 +396,90 @@ pub fn apply_from_json(v: &Value) -> Result<Vec<ServiceSpec>, FieldError> {
     Ok(specs)
 }
 
+/// [`apply_from_json`] straight from the request bytes, one service at a
+/// time: a bulk document of 100k services is never held as a JSON tree
+/// (which costs ten times the document), only as the typed specs.
+pub fn apply_from_slice(body: &[u8]) -> Result<Vec<ServiceSpec>, FieldError> {
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+
+    /// The first field error found; the serde error that stops parsing
+    /// only carries "stop".
+    struct Failure(RefCell<Option<FieldError>>);
+
+    struct Specs<'f>(&'f Failure);
+    impl<'de> DeserializeSeed<'de> for Specs<'_> {
+        type Value = Vec<ServiceSpec>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Specs<'_> {
+        type Value = Vec<ServiceSpec>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of services")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(v) = seq.next_element::<Value>()? {
+                match service_spec_from_json(&v, &format!("services[{}]", out.len())) {
+                    Ok(spec) => out.push(spec),
+                    Err(e) => {
+                        *self.0 .0.borrow_mut() = Some(e);
+                        return Err(A::Error::custom("stop"));
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    struct Document<'f>(&'f Failure);
+    impl<'de> Visitor<'de> for Document<'_> {
+        type Value = Vec<ServiceSpec>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object with \"services\" or an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Specs(self.0).visit_seq(seq)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut specs = None;
+            while let Some(key) = map.next_key::<String>()? {
+                if key != "services" {
+                    *self.0 .0.borrow_mut() = Some(FieldError::new(key, "unknown field (expected one of: services)"));
+                    return Err(A::Error::custom("stop"));
+                }
+                specs = Some(map.next_value_seed(Specs(self.0))?);
+            }
+            specs.ok_or_else(|| {
+                *self.0 .0.borrow_mut() = Some(FieldError::new("services", "is required"));
+                A::Error::custom("stop")
+            })
+        }
+    }
+
+    let failure = Failure(RefCell::new(None));
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed = de.deserialize_any(Document(&failure)).and_then(|specs| de.end().map(|_| specs));
+    let specs = match parsed {
+        Ok(specs) => specs,
+        Err(e) => {
+            return Err(failure.0.into_inner().unwrap_or_else(|| {
+                if body.iter().all(u8::is_ascii_whitespace) {
+                    FieldError::new("", "request body is empty (expected JSON)")
+                } else if e.is_data() {
+                    FieldError::new("", format!("expected an object with \"services\" or an array: {e}"))
+                } else {
+                    FieldError::new("", format!("invalid JSON: {e}"))
+                }
+            }))
+        }
+    };
+    check_no_duplicate_frontends(&specs)?;
+    Ok(specs)
+}
+
 fn check_no_duplicate_frontends(specs: &[ServiceSpec]) -> Result<(), FieldError> {
     let mut frontends = std::collections::HashMap::new();
     let mut ids = std::collections::HashMap::new();
@@ -538,6 +622,25 @@ mod tests {
         assert!("fd00::/8".parse::<Cidr>().unwrap().contains(&"fd77::2".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(&"1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn streaming_bulk_parse_matches_the_tree_parse() {
+        let fe = |port: u16| json!({"address": "10.96.0.1", "port": port});
+        let doc = json!({"services": [{"frontend": fe(80)}, {"frontend": fe(81), "backends": [{"address": "10.0.0.1", "port": 1}]}]});
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        assert_eq!(apply_from_slice(&bytes).unwrap(), apply_from_json(&doc).unwrap());
+        let arr = serde_json::to_vec(&doc["services"]).unwrap();
+        assert_eq!(apply_from_slice(&arr).unwrap().len(), 2);
+        let bad = json!({"services": [{"frontend": fe(80)}, {"frontend": {"address": "10.96.0.1", "port": 0}}]});
+        assert_eq!(apply_from_slice(&serde_json::to_vec(&bad).unwrap()).unwrap_err().field, "services[1].frontend.port");
+        let dup = json!([{"frontend": fe(80)}, {"frontend": fe(80)}]);
+        assert_eq!(apply_from_slice(&serde_json::to_vec(&dup).unwrap()).unwrap_err().field, "services[1].frontend");
+        assert_eq!(apply_from_slice(br#"{"service": []}"#).unwrap_err().field, "service");
+        assert_eq!(apply_from_slice(br#"{}"#).unwrap_err().field, "services");
+        assert!(apply_from_slice(b"{\"services\": [").unwrap_err().message.starts_with("invalid JSON"));
+        assert!(apply_from_slice(b"  ").unwrap_err().message.contains("empty"));
+        assert!(apply_from_slice(b"7").unwrap_err().message.starts_with("expected an object"));
     }
 
     #[test]

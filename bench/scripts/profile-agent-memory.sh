@@ -25,7 +25,7 @@ CG=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)/$NAME
 BPFFS=/sys/fs/bpf/$NAME
 SOCK=$WORK/agent.sock
 FLAGS=(--bpffs-root "$BPFFS" --cgroup-root "$CG" --api-socket "$SOCK" --state-dir "$WORK/state"
-  --lb-service-map-max 400000 --lb-backend-map-max 262144 --lb-revnat-map-max 131072)
+  --lb-service-map-max 400000 --lb-backend-map-max 262144 --lb-revnat-map-max 131072 --devices none)
 PID=
 
 cleanup() {

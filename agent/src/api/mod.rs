@@ -85,8 +85,8 @@ async fn serve_connection(stream: UnixStream, state: Arc<ApiState>) {
 type Reply = Response<Full<Bytes>>;
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Reply {
-    let bytes =
-        serde_json::to_vec_pretty(body).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}").into_bytes());
+    // Compact: a bulk answer for 100k services is tens of MB pretty-printed.
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}").into_bytes());
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -151,7 +151,7 @@ async fn route(method: &Method, path: &str, body: Bytes, state: &Arc<ApiState>) 
             with_manager(state, move |m| m.create(spec).map(|s| json(StatusCode::CREATED, &s))).await
         }
         (&Method::POST, paths::APPLY) => {
-            let specs = match parse_json(&body).and_then(|v| axon_api::validate::apply_from_json(&v)) {
+            let specs = match axon_api::validate::apply_from_slice(&body) {
                 Ok(s) => s,
                 Err(e) => return field_error(StatusCode::BAD_REQUEST, e),
             };
