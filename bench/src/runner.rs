@@ -5,7 +5,7 @@
 
 use crate::agent::{Agent, Memory};
 use crate::helpers::{self, Placement, Reach, ToolRun};
-use crate::lab::Lab;
+use crate::lab::{ClientNet, Lab};
 use crate::probe::{Target, TargetReport};
 use crate::rules::{self, IptablesStyle};
 use crate::sys;
@@ -210,60 +210,91 @@ impl<'a> Runner<'a> {
         let net = self.lab.client_net()?;
         let cgroup = if peer == Peer::Axon { self.lab.cg_lb.clone() } else { self.lab.cg_plain.clone() };
         let at = Placement { net: &net, cgroup: &cgroup };
-        let mut agent = None;
-        match peer {
-            Peer::Direct => {}
-            Peer::Axon => {
-                let a = Agent::start(
-                    &self.rt,
-                    &self.cfg.agent_bin,
-                    &self.lab.prefix,
-                    &self.lab.workdir,
-                    &self.lab.cg_lb,
-                    &format!("agent-{size}"),
-                )?;
-                run.memory_idle = a.memory().ok();
-                let took = self.axon_program(&a, size)?;
-                run.program_ms = Some(ms(took));
-                run.memory = Some(a.memory()?);
-                agent = Some(a);
-            }
+        let mut agent = match peer {
+            Peer::Direct => None,
+            Peer::Axon => Some(self.program_axon(size, run)?),
             Peer::IptablesLegacy | Peer::IptablesNft | Peer::Nftables => {
-                let tool = peer.tool().unwrap_or_default();
-                let (doc, args): (String, Vec<String>) = if peer == Peer::Nftables {
-                    (rules::nft_full(0..size), vec!["-f".into()])
-                } else {
-                    (rules::iptables(0..size, IptablesStyle::Full), vec![])
-                };
-                let file = helpers::write_doc(&self.lab.workdir, &format!("{}-{size}.rules", peer.label()), &doc)?;
-                drop(doc);
-                let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
-                let file_arg = file.to_string_lossy().to_string();
-                argv.push(&file_arg);
-                let log = self.lab.workdir.join(format!("{}-{size}.log", peer.label()));
-                match helpers::tool(&net, tool, &argv, self.cfg.program_limit, &log)? {
-                    ToolRun::Done(took) => run.program_ms = Some(ms(took)),
-                    ToolRun::TimedOut(limit) => {
-                        run.skipped = Some(format!(
-                            "{tool} did not finish {} services within {} s (killed)",
-                            human(size),
-                            limit.as_secs()
-                        ));
-                        return Ok(());
-                    }
-                }
-                let _ = std::fs::remove_file(&file);
+                self.program_rules(peer, size, &net, run)?;
+                None
+            }
+        };
+        if run.skipped.is_some() {
+            return Ok(());
+        }
+        self.measure_latency(peer, size, &at, run)?;
+        if size == self.cfg.add_one_at && peer != Peer::Direct {
+            run.add_one = Some(self.add_one(peer, size, &at, agent.as_ref()).unwrap_or_else(|e| AddOne {
+                what: String::new(),
+                apply_ms: 0.0,
+                reach_ms: None,
+                attempts: 0,
+                timed_out: false,
+                error: Some(format!("{e:#}")),
+            }));
+        }
+        if let Some(a) = agent.as_mut() {
+            if run.add_one.is_some() {
+                // The agent's memory after one more service and the latency runs.
+                run.memory = Some(a.memory()?);
+            }
+            let took = a.restart(&self.rt)?;
+            run.restart_ms = Some(ms(took));
+            run.memory_restarted = Some(a.memory()?);
+        }
+        Ok(())
+    }
+
+    /// A fresh agent with `size` services applied; its memory before and after.
+    fn program_axon(&self, size: usize, run: &mut PeerRun) -> anyhow::Result<Agent> {
+        let name = format!("agent-{size}");
+        let agent =
+            Agent::start(&self.rt, &self.cfg.agent_bin, &self.lab.prefix, &self.lab.workdir, &self.lab.cg_lb, &name)?;
+        run.memory_idle = agent.memory().ok();
+        run.program_ms = Some(ms(self.axon_apply(&agent, size)?));
+        run.memory = Some(agent.memory()?);
+        Ok(agent)
+    }
+
+    /// Loads the peer's ruleset for `size` services into `net`; a load that
+    /// exceeds the limit marks the run skipped.
+    fn program_rules(&self, peer: Peer, size: usize, net: &ClientNet, run: &mut PeerRun) -> anyhow::Result<()> {
+        let tool = peer.tool().unwrap_or_default();
+        let doc = if peer == Peer::Nftables {
+            rules::nft_full(0..size)
+        } else {
+            rules::iptables(0..size, IptablesStyle::Full)
+        };
+        let file = helpers::write_doc(&self.lab.workdir, &format!("{}-{size}.rules", peer.label()), &doc)?;
+        drop(doc);
+        let file_arg = file.to_string_lossy().to_string();
+        let argv: Vec<&str> = if peer == Peer::Nftables { vec!["-f", &file_arg] } else { vec![&file_arg] };
+        let log = self.lab.workdir.join(format!("{}-{size}.log", peer.label()));
+        let outcome = helpers::tool(net, tool, &argv, self.cfg.program_limit, &log);
+        let _ = std::fs::remove_file(&file);
+        match outcome? {
+            ToolRun::Done(took) => run.program_ms = Some(ms(took)),
+            ToolRun::TimedOut(limit) => {
+                run.skipped = Some(format!(
+                    "{tool} did not finish {} services within {} s (killed)",
+                    human(size),
+                    limit.as_secs()
+                ))
             }
         }
+        Ok(())
+    }
+
+    /// Connect latency to the first and last service, with direct connects
+    /// from a pristine netns interleaved (none for the direct peer itself).
+    fn measure_latency(&mut self, peer: Peer, size: usize, at: &Placement, run: &mut PeerRun) -> anyhow::Result<()> {
         let targets = latency_targets(peer, size);
         let direct_targets = latency_targets(Peer::Direct, size);
-        // A pristine netns for the interleaved direct baseline.
         let base_net = if peer == Peer::Direct { None } else { Some(self.lab.client_net()?) };
         let base_at = base_net.as_ref().map(|net| Placement { net, cgroup: &self.lab.cg_plain });
         let baseline = base_at.as_ref().map(|b| (b, direct_targets.as_slice()));
         let reports = helpers::latency(
             &self.cfg.exe,
-            &at,
+            at,
             &targets,
             baseline,
             self.cfg.samples,
@@ -279,37 +310,12 @@ impl<'a> Runner<'a> {
             run.last = Some(p.peer);
             run.last_direct = p.baseline;
         }
-        drop(base_net);
-        if size == self.cfg.add_one_at && peer != Peer::Direct {
-            run.add_one = Some(match self.add_one(peer, size, &at, agent.as_ref()) {
-                Ok(a) => a,
-                Err(e) => AddOne {
-                    what: String::new(),
-                    apply_ms: 0.0,
-                    reach_ms: None,
-                    attempts: 0,
-                    timed_out: false,
-                    error: Some(format!("{e:#}")),
-                },
-            });
-        }
-        if let Some(a) = agent.as_mut() {
-            if run.add_one.is_some() {
-                // The agent's memory after one more service and the latency runs.
-                run.memory = Some(a.memory()?);
-            }
-            let took = a.restart(&self.rt)?;
-            run.restart_ms = Some(ms(took));
-            run.memory_restarted = Some(a.memory()?);
-        }
-        drop(agent);
-        drop(net);
         Ok(())
     }
 
     /// Programs `size` services through the bulk API; the timed part is the
     /// apply call (the body is encoded beforehand).
-    fn axon_program(&self, agent: &Agent, size: usize) -> anyhow::Result<Duration> {
+    fn axon_apply(&self, agent: &Agent, size: usize) -> anyhow::Result<Duration> {
         let specs: Vec<_> = (0..size).map(workload::spec).collect();
         let body =
             serde_json::to_vec(&axon_api::ApplyRequest { services: specs }).context("encoding the apply request")?;
