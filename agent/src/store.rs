@@ -60,6 +60,27 @@ impl Store {
         Ok(out)
     }
 
+    /// One service, if stored.
+    pub fn get(&self, id: u32) -> Result<Option<Service>, StoreError> {
+        Ok(self.get_many(&[id])?.pop().flatten())
+    }
+
+    /// Several services in one read transaction, in the order of `ids`.
+    pub fn get_many(&self, ids: &[u32]) -> Result<Vec<Option<Service>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(&e))?;
+        let table = txn.open_table(SERVICES).map_err(|e| self.err(&e))?;
+        ids.iter()
+            .map(|id| {
+                let Some(bytes) = table.get(*id).map_err(|e| self.err(&e))? else { return Ok(None) };
+                serde_json::from_slice(bytes.value()).map(Some).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    id: *id,
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
     /// Writes `upserts` and removes `deletes` in one durable transaction.
     pub fn write(&self, upserts: &[&Service], deletes: &[u32]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.err(&e))?;
@@ -100,6 +121,8 @@ mod tests {
         let store = Store::open(&dir).unwrap();
         let all = store.load_all().unwrap();
         assert_eq!(all, vec![svc(2, "fd00::2", 53, &["[fd00::9]:53"])]);
+        assert_eq!(store.get(2).unwrap(), Some(all[0].clone()));
+        assert_eq!(store.get_many(&[1, 2]).unwrap(), vec![None, Some(all[0].clone())]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

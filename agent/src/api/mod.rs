@@ -71,14 +71,27 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, shutdown: impl 
     }
 }
 
+/// Requests larger than this leave enough freed heap behind (body, parsed
+/// specs, answer) to be worth giving back once the answer is sent.
+const LARGE_REQUEST_BYTES: u64 = 1 << 20;
+
 async fn serve_connection(stream: UnixStream, state: Arc<ApiState>) {
     let peer_uid = stream.peer_cred().map(|c| c.uid()).ok();
-    let service = hyper::service::service_fn(move |req| {
+    let large = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_large = large.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
+        let size = hyper::body::Body::size_hint(req.body()).exact().or(hyper::body::Body::size_hint(req.body()).upper());
+        if size.is_some_and(|n| n > LARGE_REQUEST_BYTES) {
+            seen_large.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         async move { Ok::<_, std::convert::Infallible>(handle(req, state, peer_uid).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
         debug!(error = %e, "API connection ended with an error");
+    }
+    if large.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::memory::release_free_memory();
     }
 }
 
@@ -142,7 +155,7 @@ async fn route(method: &Method, path: &str, body: Bytes, state: &Arc<ApiState>) 
     match (method, path) {
         (&Method::GET, paths::HEALTHZ) => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, paths::STATUS) => status(state.clone()).await,
-        (&Method::GET, paths::SERVICES) => with_manager(state, |m| Ok(json(StatusCode::OK, &m.list()))).await,
+        (&Method::GET, paths::SERVICES) => with_manager(state, |m| m.list().map(|l| json(StatusCode::OK, &l))).await,
         (&Method::POST, paths::SERVICES) => {
             let spec = match parse_json(&body).and_then(|v| axon_api::validate::service_spec_from_json(&v, "")) {
                 Ok(s) => s,

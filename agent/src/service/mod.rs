@@ -14,7 +14,7 @@ use axon_api::{FieldError, L4Addr, Protocol, Service, ServiceSpec, ServiceType};
 use ids::IdAllocator;
 use reconciler::{Change, LbSettings, ReconcileError, Reconciler};
 use std::net::IpAddr;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use tracing::{error, info};
 
 /// Limits a single request must respect.
@@ -101,12 +101,18 @@ fn from_reconcile(e: ReconcileError) -> ServiceError {
     }
 }
 
+/// The desired services live in the store only: the manager keeps the
+/// indexes its checks need (frontends, ids, node-wide ports), and the
+/// reconciler keeps what the maps hold. A second in-memory copy of every
+/// service was a third of the agent's memory at 100k services.
 pub struct ServiceManager {
-    services: BTreeMap<u32, Service>,
     frontends: HashMap<L4Addr, u32>,
     service_ids: IdAllocator,
+    count: usize,
     /// (port, protocol) → the services holding node-wide ports on it.
     port_owners: HashMap<(u16, Protocol), HashSet<u32>>,
+    /// The node-wide ports of each service that holds any.
+    claims: HashMap<u32, Vec<PortClaim>>,
     store: Store,
     reconciler: Reconciler,
     limits: Limits,
@@ -127,36 +133,56 @@ impl ServiceManager {
     /// change, so every start exercises it.
     pub fn start(store: Store, maps: Box<dyn LbMaps>, limits: Limits, settings: LbSettings) -> Result<Self, ServiceError> {
         let stored = store.load_all()?;
-        let mut reconciler = Reconciler::restore(maps, settings).map_err(from_reconcile)?;
-        let mut service_ids = IdAllocator::new(1, u32::MAX - 1);
-        let mut services = BTreeMap::new();
-        let mut frontends = HashMap::new();
+        let reconciler = Reconciler::restore(maps, settings).map_err(from_reconcile)?;
+        let mut manager = Self {
+            frontends: HashMap::new(),
+            service_ids: IdAllocator::new(1, u32::MAX - 1),
+            count: 0,
+            port_owners: HashMap::new(),
+            claims: HashMap::new(),
+            store,
+            reconciler,
+            limits,
+        };
+        let mut kept = Vec::with_capacity(stored.len());
+        let mut dropped = Vec::new();
         for svc in stored {
-            if frontends.contains_key(&svc.frontend) || service_ids.reserve(svc.id).is_err() {
-                error!(id = svc.id, frontend = %svc.frontend, "stored service collides with another; skipping it");
+            let collides = manager.frontends.contains_key(&svc.frontend)
+                || port_claims(&svc).iter().any(|c| manager.claim_holder(c, &|_| false).is_some());
+            if collides || manager.service_ids.reserve(svc.id).is_err() {
+                // Only a store edited behind the agent's back gets here: the API refuses collisions.
+                error!(id = svc.id, frontend = %svc.frontend, "stored service collides with another; removing it");
+                dropped.push(svc.id);
                 continue;
             }
-            frontends.insert(svc.frontend, svc.id);
-            services.insert(svc.id, svc);
+            manager.index(&svc);
+            kept.push(svc);
         }
-        reconciler.sync(services.values()).map_err(from_reconcile)?;
-        info!(services = services.len(), "service state reconciled into the datapath");
-        let mut manager = Self { services, frontends, service_ids, port_owners: HashMap::new(), store, reconciler, limits };
-        let all: Vec<Service> = manager.services.values().cloned().collect();
-        for svc in &all {
-            manager.index_ports(svc);
+        if !dropped.is_empty() {
+            manager.store.write(&[], &dropped)?;
         }
+        manager.reconciler.sync(kept.iter()).map_err(from_reconcile)?;
+        info!(services = kept.len(), "service state reconciled into the datapath");
         Ok(manager)
     }
 
-    fn index_ports(&mut self, svc: &Service) {
-        for c in port_claims(svc) {
+    fn index(&mut self, svc: &Service) {
+        self.count += 1;
+        self.frontends.insert(svc.frontend, svc.id);
+        let claims = port_claims(svc);
+        if claims.is_empty() {
+            return;
+        }
+        for c in &claims {
             self.port_owners.entry((c.port, c.protocol)).or_default().insert(svc.id);
         }
+        self.claims.insert(svc.id, claims);
     }
 
-    fn unindex_ports(&mut self, svc: &Service) {
-        for c in port_claims(svc) {
+    fn unindex(&mut self, svc: &Service) {
+        self.count -= 1;
+        self.frontends.remove(&svc.frontend);
+        for c in self.claims.remove(&svc.id).unwrap_or_default() {
             if let Some(owners) = self.port_owners.get_mut(&(c.port, c.protocol)) {
                 owners.remove(&svc.id);
                 if owners.is_empty() {
@@ -166,20 +192,21 @@ impl ServiceManager {
         }
     }
 
-    pub fn list(&self) -> Vec<Service> {
-        self.services.values().cloned().collect()
+    /// Every service, by id (read from the store).
+    pub fn list(&self) -> Result<Vec<Service>, ServiceError> {
+        Ok(self.store.load_all()?)
     }
 
     pub fn get(&self, id: u32) -> Result<Service, ServiceError> {
-        self.services.get(&id).cloned().ok_or(ServiceError::NotFound(id))
+        self.store.get(id)?.ok_or(ServiceError::NotFound(id))
     }
 
     pub fn len(&self) -> usize {
-        self.services.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.count == 0
     }
 
     pub fn backend_count(&self) -> usize {
@@ -200,7 +227,7 @@ impl ServiceManager {
 
     /// `POST /v1/services`: creates a service; refuses to replace one.
     pub fn create(&mut self, spec: ServiceSpec) -> Result<Service, ServiceError> {
-        if let Some(id) = spec.id.filter(|id| self.services.contains_key(id)) {
+        if let Some(id) = spec.id.filter(|id| self.service_ids.is_used(*id)) {
             return Err(ServiceError::Conflict(FieldError::new("id", format!("service {id} already exists"))));
         }
         if let Some(owner) = self.frontends.get(&spec.frontend) {
@@ -228,9 +255,7 @@ impl ServiceManager {
             self.recover();
             return Err(from_reconcile(e));
         }
-        self.services.remove(&id);
-        self.frontends.remove(&svc.frontend);
-        self.unindex_ports(&svc);
+        self.unindex(&svc);
         self.service_ids.release(id);
         Ok(svc)
     }
@@ -260,10 +285,12 @@ impl ServiceManager {
         self.check_limits(&batch, prefix)?;
         self.check_frontends(&batch, prefix)?;
         self.check_node_ports(&batch, prefix)?;
+        let previous: Vec<Option<Service>> = self.store.get_many(&ids)?;
         let moved: Vec<u32> = batch
             .iter()
-            .filter(|s| self.services.get(&s.id).is_some_and(|old| old.frontend != s.frontend))
-            .map(|s| s.id)
+            .zip(&previous)
+            .filter(|(s, old)| old.as_ref().is_some_and(|old| old.frontend != s.frontend))
+            .map(|(s, _)| s.id)
             .collect();
         let changes: Vec<Change<'_>> = moved
             .iter()
@@ -272,25 +299,23 @@ impl ServiceManager {
             .collect();
         self.reconciler.check_capacity(&changes).map_err(from_reconcile)?;
 
-        let previous: Vec<Service> = batch.iter().filter_map(|s| self.services.get(&s.id).cloned()).collect();
         self.store.write(&batch.iter().collect::<Vec<_>>(), &[])?;
         if let Err(e) = self.reconcile_batch(&batch, &moved) {
             error!(error = %e, "writing the datapath failed; rolling back");
-            let created: Vec<u32> = batch.iter().map(|s| s.id).filter(|id| !self.services.contains_key(id)).collect();
-            self.store.write(&previous.iter().collect::<Vec<_>>(), &created)?;
+            let created: Vec<u32> = batch.iter().zip(&previous).filter(|(_, old)| old.is_none()).map(|(s, _)| s.id).collect();
+            self.store.write(&previous.iter().flatten().collect::<Vec<_>>(), &created)?;
             self.recover();
             return Err(from_reconcile(e));
         }
-        for svc in &batch {
-            if let Some(old) = self.services.insert(svc.id, svc.clone()) {
-                self.frontends.remove(&old.frontend);
-                self.unindex_ports(&old);
-            } else {
+        for (svc, old) in batch.iter().zip(&previous) {
+            match old {
+                Some(old) => self.unindex(old),
                 // Ids chosen by the client are reserved here; allocated ones already are.
-                let _ = self.service_ids.reserve(svc.id);
+                None => {
+                    let _ = self.service_ids.reserve(svc.id);
+                }
             }
-            self.frontends.insert(svc.frontend, svc.id);
-            self.index_ports(svc);
+            self.index(svc);
         }
         Ok(batch)
     }
@@ -309,7 +334,14 @@ impl ServiceManager {
     /// After a failed write, reread the maps and make them match the (rolled
     /// back) desired state again.
     fn recover(&mut self) {
-        let result = self.reconciler.rebuild().and_then(|_| self.reconciler.sync(self.services.values()));
+        let desired = match self.store.load_all() {
+            Ok(all) => all,
+            Err(e) => {
+                error!(error = %e, "reading the store for datapath recovery failed; the next change or restart retries");
+                return;
+            }
+        };
+        let result = self.reconciler.rebuild().and_then(|_| self.reconciler.sync(desired.iter()));
         if let Err(e) = result {
             error!(error = %e, "datapath recovery failed; the next change or restart retries");
         }
@@ -422,15 +454,9 @@ impl ServiceManager {
                         format!("{} is outside the NodePort range {lo}-{hi} (--nodeport-range)", claim.port),
                     )));
                 }
-                let outside = self
-                    .port_owners
-                    .get(&(claim.port, claim.protocol))
-                    .into_iter()
-                    .flatten()
-                    .filter(|owner| **owner != svc.id && !in_batch.contains(owner))
-                    .flat_map(|owner| port_claims(&self.services[owner]).into_iter().map(move |c| (*owner, c)));
-                let mut all = outside.chain(batch_claims.iter().copied().filter(|(owner, _)| *owner != svc.id));
-                if let Some((owner, _)) = all.find(|(_, other)| claims_collide(&claim, other)) {
+                let outside = self.claim_holder(&claim, &|owner| owner == svc.id || in_batch.contains(&owner));
+                let inside = batch_claims.iter().find(|(owner, other)| *owner != svc.id && claims_collide(&claim, other));
+                if let Some(owner) = outside.or(inside.map(|(owner, _)| *owner)) {
                     return Err(ServiceError::Conflict(FieldError::new(
                         field,
                         format!("{} port {} is already taken by service {owner}", claim.protocol, claim.port),
@@ -442,12 +468,35 @@ impl ServiceManager {
         Ok(())
     }
 
+    /// Which service (other than those in `except`) holds a port colliding
+    /// with `claim`.
+    fn claim_holder(&self, claim: &PortClaim, except: &dyn Fn(u32) -> bool) -> Option<u32> {
+        let owners = self.port_owners.get(&(claim.port, claim.protocol))?;
+        owners.iter().copied().filter(|owner| !except(*owner)).find(|owner| {
+            self.claims.get(owner).is_some_and(|claims| claims.iter().any(|other| claims_collide(claim, other)))
+        })
+    }
+
     /// Services with a health check port and how many of their backends run
     /// on this node, for the kube-proxy-style health check server.
     pub fn health_checks(&self) -> Vec<(u16, Service, usize)> {
-        self.services
-            .values()
-            .filter_map(|s| s.options.health_check_node_port.map(|p| (p, s.clone(), self.reconciler.local_backend_count(s))))
+        let ids: Vec<u32> = self
+            .claims
+            .iter()
+            .filter(|(_, claims)| claims.iter().any(|c| c.field == "healthCheckNodePort"))
+            .map(|(id, _)| *id)
+            .collect();
+        let services = match self.store.get_many(&ids) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "reading health-checked services failed");
+                return Vec::new();
+            }
+        };
+        services
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.options.health_check_node_port.map(|p| (p, s.clone(), self.reconciler.local_backend_count(&s))))
             .collect()
     }
 
@@ -503,7 +552,7 @@ mod tests {
         let mut m = fx.start();
         let a = svc(1, "10.96.0.1", 80, &["10.0.0.1:80"]);
         m.put(1, spec(&a)).unwrap();
-        let before = (m.list(), fx.map_entries());
+        let before = (m.list().unwrap(), fx.map_entries());
 
         let dup = svc(2, "10.96.0.1", 80, &["10.0.0.2:80"]);
         let e = m.put(2, spec(&dup)).unwrap_err();
@@ -518,7 +567,7 @@ mod tests {
         assert!(matches!(&e, ServiceError::Conflict(f) if f.field == "services[1].frontend"), "{e}");
         assert!(matches!(m.delete(9), Err(ServiceError::NotFound(9))));
         assert!(matches!(m.put(5, ServiceSpec { id: Some(6), ..spec(&a) }), Err(ServiceError::Invalid(_))));
-        assert_eq!((m.list(), fx.map_entries()), before);
+        assert_eq!((m.list().unwrap(), fx.map_entries()), before);
         // And no service id leaked: the next allocation is 2.
         assert_eq!(m.create(spec(&ok)).unwrap().id, 2);
     }
@@ -548,7 +597,7 @@ mod tests {
         let mut s2 = spec(&svc(2, "10.96.0.1", 80, &["10.0.0.2:80"]));
         s2.id = Some(2);
         m.apply(vec![s1, s2]).unwrap();
-        assert!(m.list().iter().all(|s| m.reconciler().is_realized(s)));
+        assert!(m.list().unwrap().iter().all(|s| m.reconciler().is_realized(s)));
         assert_eq!(fx.map_entries(), (4, 2, 2));
     }
 
@@ -559,11 +608,11 @@ mod tests {
             let mut m = fx.start();
             m.put(3, spec(&svc(3, "10.96.0.3", 80, &["10.0.0.1:80", "10.0.0.2:80"]))).unwrap();
             m.put(4, spec(&svc(4, "fd00::4", 80, &["[fd00::1]:80"]))).unwrap();
-            m.list()
+            m.list().unwrap()
         };
         let writes = fx.fake.0.lock().unwrap().writes;
         let m = fx.start();
-        assert_eq!(m.list(), listed);
+        assert_eq!(m.list().unwrap(), listed);
         assert_eq!(fx.fake.0.lock().unwrap().writes, writes, "no gap: nothing rewritten at start");
         // The store lost a service (say, restored from an old backup): the
         // maps follow the store.
