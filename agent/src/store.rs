@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 /// service id → the service as JSON (a stable, inspectable encoding).
 const SERVICES: TableDefinition<u32, &[u8]> = TableDefinition::new("services");
 
-/// redb's page cache; the whole state of 100k services is a few MB, and the
-/// agent reads it once at start.
-const CACHE_BYTES: usize = 4 << 20;
+/// redb's page cache. The agent reads the store at start and for the rare
+/// list/get; writes do not need a warm cache, and every MiB here is resident.
+const CACHE_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -95,6 +95,56 @@ impl Scopes {
     }
 }
 
+/// Backend id → address. Ids are handed out lowest-first, so they are dense
+/// and a vector indexed by id is half the size of a hash map; an id from the
+/// maps beyond any sane count (a corrupt pin) goes to the overflow map.
+#[derive(Debug, Default)]
+struct BackendAddrs {
+    dense: Vec<Option<L4Addr>>,
+    sparse: HashMap<u32, L4Addr>,
+}
+
+impl BackendAddrs {
+    const DENSE_LIMIT: u32 = 1 << 24;
+
+    fn get(&self, id: &u32) -> Option<&L4Addr> {
+        match self.dense.get(*id as usize) {
+            Some(slot) => slot.as_ref(),
+            None => self.sparse.get(id),
+        }
+    }
+    fn contains_key(&self, id: &u32) -> bool {
+        self.get(id).is_some()
+    }
+    fn insert(&mut self, id: u32, addr: L4Addr) {
+        if id >= Self::DENSE_LIMIT {
+            self.sparse.insert(id, addr);
+            return;
+        }
+        let i = id as usize;
+        if i >= self.dense.len() {
+            self.dense.resize(i + 1, None);
+        }
+        self.dense[i] = Some(addr);
+    }
+    fn remove(&mut self, id: &u32) {
+        match self.dense.get_mut(*id as usize) {
+            Some(slot) => *slot = None,
+            None => {
+                self.sparse.remove(id);
+            }
+        }
+    }
+    fn clear(&mut self) {
+        self.dense.clear();
+        self.sparse.clear();
+    }
+    fn iter(&self) -> impl Iterator<Item = (u32, &L4Addr)> {
+        let dense = self.dense.iter().enumerate().filter_map(|(i, a)| a.as_ref().map(|a| (i as u32, a)));
+        dense.chain(self.sparse.iter().map(|(id, a)| (*id, a)))
+    }
+}
+
 /// What one service looks like in the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Realized {
@@ -195,7 +245,7 @@ pub struct Reconciler {
     settings: LbSettings,
     realized: HashMap<u32, Realized>,
     backends: HashMap<L4Addr, BackendRef>,
-    backend_addrs: HashMap<u32, L4Addr>,
+    backend_addrs: BackendAddrs,
     backend_ids: IdAllocator,
     usage: Usage,
     orphans: Orphans,
@@ -255,7 +305,7 @@ impl Reconciler {
             settings,
             realized: HashMap::new(),
             backends: HashMap::new(),
-            backend_addrs: HashMap::new(),
+            backend_addrs: BackendAddrs::default(),
             backend_ids: IdAllocator::new(1, u32::MAX - 1),
             usage: Usage::default(),
             orphans: Orphans::default(),
@@ -450,8 +500,8 @@ impl Reconciler {
         let unreferenced: Vec<(u32, L4Addr)> = self
             .backend_addrs
             .iter()
-            .filter(|(id, addr)| self.backends.get(addr).is_none_or(|b| b.id != **id || b.refs == 0))
-            .map(|(id, addr)| (*id, *addr))
+            .filter(|(id, addr)| self.backends.get(*addr).is_none_or(|b| b.id != *id || b.refs == 0))
+            .map(|(id, addr)| (id, *addr))
             .collect();
         for (id, addr) in unreferenced {
             self.drop_backend(id, addr)?;
