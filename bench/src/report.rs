@@ -466,6 +466,10 @@ pub fn write_docs(path: &Path, res: &Results) -> std::io::Result<()> {
         (Some(b), Some(e)) if e > b => {
             format!("{}{}{}", &existing[..b], section.trim_end(), &existing[e + END.len()..])
         }
+        // Other benchmarks write their own sections in this page: append, never replace.
+        _ if !existing.trim().is_empty() => {
+            format!("{}\n\n## Service benchmark results\n\n{section}", existing.trim_end())
+        }
         _ => format!("# Benchmarks\n\nRun with `make bench`.\n\n## Results\n\n{section}"),
     };
     if let Some(dir) = path.parent() {
