@@ -97,9 +97,11 @@ pub struct PeerRun {
     pub first_direct: Option<TargetReport>,
     pub last_direct: Option<TargetReport>,
     pub add_one: Option<AddOne>,
-    /// Axon only: agent memory before and after programming (after add-one
-    /// at that size), and after a restart that restores the same services
+    /// Axon only: agent memory before programming, as the apply call
+    /// returns, once settled (after the latency runs and, at the add-one
+    /// size, the PUT), and after a restart that restores the same services
     /// from the store with no API request.
+    pub memory_applied: Option<Memory>,
     pub memory: Option<Memory>,
     pub memory_idle: Option<Memory>,
     pub memory_restarted: Option<Memory>,
@@ -119,6 +121,7 @@ impl PeerRun {
             first_direct: None,
             last_direct: None,
             add_one: None,
+            memory_applied: None,
             memory: None,
             memory_idle: None,
             memory_restarted: None,
@@ -233,10 +236,7 @@ impl<'a> Runner<'a> {
             }));
         }
         if let Some(a) = agent.as_mut() {
-            if run.add_one.is_some() {
-                // The agent's memory after one more service and the latency runs.
-                run.memory = Some(a.memory()?);
-            }
+            run.memory = Some(a.memory()?);
             let took = a.restart(&self.rt)?;
             run.restart_ms = Some(ms(took));
             run.memory_restarted = Some(a.memory()?);
@@ -251,7 +251,7 @@ impl<'a> Runner<'a> {
             Agent::start(&self.rt, &self.cfg.agent_bin, &self.lab.prefix, &self.lab.workdir, &self.lab.cg_lb, &name)?;
         run.memory_idle = agent.memory().ok();
         run.program_ms = Some(ms(self.axon_apply(&agent, size)?));
-        run.memory = Some(agent.memory()?);
+        run.memory_applied = Some(agent.memory()?);
         Ok(agent)
     }
 
