@@ -313,6 +313,19 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
+    /// Runs one API call to completion. The client aborts its connection
+    /// task when it has the answer, but on this single-threaded runtime the
+    /// task (and so the connection) only goes away when the runtime runs
+    /// again: a short sleep lets it close, as any real client's would, which
+    /// is when the agent hands the request's freed heap back.
+    fn call<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(async {
+            let out = f.await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            out
+        })
+    }
+
     /// Programs `size` services through the bulk API; the timed part is the
     /// apply call (the body is encoded beforehand).
     fn axon_apply(&self, agent: &Agent, size: usize) -> anyhow::Result<Duration> {
@@ -322,8 +335,10 @@ impl<'a> Runner<'a> {
         let client = agent.client();
         let limit = self.cfg.program_limit;
         let start = Instant::now();
-        let result = self.rt.block_on(async { tokio::time::timeout(limit, client.apply_raw(body)).await });
-        let took = start.elapsed();
+        let (result, took) = self.call(async {
+            let result = tokio::time::timeout(limit, client.apply_raw(body)).await;
+            (result, start.elapsed())
+        });
         match result {
             Ok(Ok(services)) if services.len() == size => Ok(took),
             Ok(Ok(services)) => bail!("apply stored {} services, expected {size}", services.len()),
@@ -352,8 +367,12 @@ impl<'a> Runner<'a> {
                 let spec = workload::spec(size);
                 let id = spec.id.context("spec without id")?;
                 let start = Instant::now();
-                self.rt.block_on(client.put_service(id, &spec)).context("PUT of one more service")?;
-                (format!("PUT /v1/services/{id}"), start.elapsed())
+                let (result, took) = self.call(async {
+                    let result = client.put_service(id, &spec).await;
+                    (result, start.elapsed())
+                });
+                result.context("PUT of one more service")?;
+                (format!("PUT /v1/services/{id}"), took)
             }
             Peer::IptablesLegacy | Peer::IptablesNft | Peer::Nftables => {
                 let tool = peer.tool().unwrap_or_default();
