@@ -29,7 +29,11 @@ FLAGS=(--bpffs-root "$BPFFS" --cgroup-root "$CG" --api-socket "$SOCK" --state-di
 PID=
 
 cleanup() {
-  [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+  set +e # every step runs, whatever the one before it returned
+  if [ -n "$PID" ]; then
+    kill -KILL "$PID" 2>/dev/null
+    while kill -0 "$PID" 2>/dev/null; do sleep 0.1; done
+  fi
   "$AGENT" --cleanup --bpffs-root "$BPFFS" >/dev/null 2>&1 || true
   rm -rf "$BPFFS" "$WORK"
   rmdir "$CG" 2>/dev/null || true
