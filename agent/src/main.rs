@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
 fn main() -> anyhow::Result<()> {
+    axon_agent::memory::limit_arenas();
     let flags = Flags::parse();
     let config = Config::from_flags(&flags)?;
     init_logging(&config.log_level);
