@@ -31,15 +31,12 @@ test: deps build
 demo: deps build
 	@bash scripts/demo.sh
 
-## bench: Axon socket-LB vs iptables vs nftables, side by side (BENCH_ARGS=... passes options)
+## bench: socket-LB vs iptables vs nftables (issue #2), then NodePort through iptables, tc and XDP (issue #3);
+## BENCH_ARGS / NODEPORT_BENCH_ARGS pass options (e.g. --quick)
 bench: deps release
-	@if [ -f scripts/bench.sh ]; then \
-		bash scripts/bench.sh; \
-	elif $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | grep -q '"name":"axon-bench"'; then \
-		$(CARGO) run --release --bin axon-bench -- $(BENCH_ARGS); \
-	else \
-		echo "make bench: no benchmark yet (neither scripts/bench.sh nor an axon-bench binary in the workspace)" >&2; \
-		exit 1; \
+	$(CARGO) run --release -p axon-bench --bin axon-bench -- $(BENCH_ARGS)
+	@if [ -f bench/src/bin/axon-bench-nodeport.rs ]; then \
+		$(CARGO) run --release -p axon-bench --bin axon-bench-nodeport -- $(NODEPORT_BENCH_ARGS); \
 	fi
 
 ## clean-lab: remove leftovers of interrupted tests/demos (axt-*, axd-*, axon-demo)
