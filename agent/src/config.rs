@@ -4,9 +4,9 @@
 
 use crate::datapath::{CtTimeouts, DatapathConfig, Devices, PortRange, XdpMode};
 use axon_api::{LbAlgorithm, LbMode};
-use std::net::IpAddr;
 use clap::Parser;
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
@@ -208,11 +208,24 @@ impl Config {
             log_level: flags.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
             node_name: flags.node_name.clone().or(file.node_name).unwrap_or_else(hostname),
             lb_mode: parse_setting("lb-mode", flags.lb_mode.clone().or(file.lb_mode), LbMode::Snat)?,
-            lb_algorithm: parse_setting("lb-algorithm", flags.lb_algorithm.clone().or(file.lb_algorithm), LbAlgorithm::Random)?,
-            nodeport_range: parse_range("nodeport-range", flags.nodeport_range.clone().or(file.nodeport_range), (30000, 32767))?,
-            maglev_table_size: flags.maglev_table_size.or(file.maglev_table_size).unwrap_or(crate::service::maglev::DEFAULT_TABLE_SIZE),
+            lb_algorithm: parse_setting(
+                "lb-algorithm",
+                flags.lb_algorithm.clone().or(file.lb_algorithm),
+                LbAlgorithm::Random,
+            )?,
+            nodeport_range: parse_range(
+                "nodeport-range",
+                flags.nodeport_range.clone().or(file.nodeport_range),
+                (30000, 32767),
+            )?,
+            maglev_table_size: flags
+                .maglev_table_size
+                .or(file.maglev_table_size)
+                .unwrap_or(crate::service::maglev::DEFAULT_TABLE_SIZE),
             datapath: DatapathConfig::default(),
-            ct_gc_interval: std::time::Duration::from_secs(flags.ct_gc_interval.or(file.ct_gc_interval).unwrap_or(30).max(1)),
+            ct_gc_interval: std::time::Duration::from_secs(
+                flags.ct_gc_interval.or(file.ct_gc_interval).unwrap_or(30).max(1),
+            ),
         };
         config.datapath = datapath_config(flags, &file_for_datapath, &config)?;
         config.validate()?;
@@ -264,7 +277,10 @@ fn datapath_config(flags: &Flags, file: &FileConfig, c: &Config) -> Result<Datap
             .split(',')
             .filter(|a| !a.trim().is_empty())
             .map(|a| {
-                a.trim().parse::<IpAddr>().map_err(|_| ConfigError::Invalid { field: "node-addresses", message: format!("invalid address {a:?}") })
+                a.trim().parse::<IpAddr>().map_err(|_| ConfigError::Invalid {
+                    field: "node-addresses",
+                    message: format!("invalid address {a:?}"),
+                })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -278,7 +294,11 @@ fn datapath_config(flags: &Flags, file: &FileConfig, c: &Config) -> Result<Datap
         sock_revnat_entries: c.lb_sock_revnat_map_max,
         devices: parse_setting::<Devices>("devices", flags.devices.clone().or(file.devices.clone()), Devices::Auto)?,
         extra_node_addresses: node_addresses,
-        xdp_mode: parse_setting::<XdpMode>("xdp-mode", flags.xdp_mode.clone().or(file.xdp_mode.clone()), XdpMode::default())?,
+        xdp_mode: parse_setting::<XdpMode>(
+            "xdp-mode",
+            flags.xdp_mode.clone().or(file.xdp_mode.clone()),
+            XdpMode::default(),
+        )?,
         lb_mode: c.lb_mode,
         nodeport_range: PortRange { min: c.nodeport_range.0, max: c.nodeport_range.1 },
         snat_port_range: parse_setting::<PortRange>(
@@ -296,11 +316,19 @@ fn datapath_config(flags: &Flags, file: &FileConfig, c: &Config) -> Result<Datap
         ct_entries: pick(flags.ct_map_max, file.ct_map_max, defaults.ct_entries),
         maglev_entries: pick(flags.maglev_map_max, file.maglev_map_max, defaults.maglev_entries),
         affinity_entries: pick(flags.affinity_map_max, file.affinity_map_max, defaults.affinity_entries),
-        source_range_entries: pick(flags.source_range_map_max, file.source_range_map_max, defaults.source_range_entries),
+        source_range_entries: pick(
+            flags.source_range_map_max,
+            file.source_range_map_max,
+            defaults.source_range_entries,
+        ),
     })
 }
 
-fn parse_setting<T: std::str::FromStr<Err = String>>(field: &'static str, value: Option<String>, default: T) -> Result<T, ConfigError> {
+fn parse_setting<T: std::str::FromStr<Err = String>>(
+    field: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
     match value {
         None => Ok(default),
         Some(v) => v.parse().map_err(|message| ConfigError::Invalid { field, message }),
@@ -312,7 +340,9 @@ pub fn parse_range(field: &'static str, value: Option<String>, default: (u16, u1
     let Some(v) = value else { return Ok(default) };
     let invalid = |message: String| ConfigError::Invalid { field, message };
     let (lo, hi) = v.split_once('-').ok_or_else(|| invalid(format!("{v:?} is not MIN-MAX")))?;
-    let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| invalid(format!("{p:?} is not a port (1-65535)")));
+    let port = |p: &str| {
+        p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| invalid(format!("{p:?} is not a port (1-65535)")))
+    };
     let (lo, hi) = (port(lo)?, port(hi)?);
     if lo > hi {
         return Err(invalid(format!("{lo} is above {hi}")));

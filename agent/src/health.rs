@@ -42,7 +42,10 @@ impl ServiceName {
     fn parse(name: Option<&str>, id: u32) -> Self {
         match name.and_then(|n| n.split_once('/')) {
             Some((ns, n)) => Self { namespace: ns.to_string(), name: n.to_string() },
-            None => Self { namespace: "default".into(), name: name.map(str::to_string).unwrap_or_else(|| format!("service-{id}")) },
+            None => Self {
+                namespace: "default".into(),
+                name: name.map(str::to_string).unwrap_or_else(|| format!("service-{id}")),
+            },
         }
     }
 }
@@ -109,7 +112,9 @@ async fn listen(port: u16, answers: Answers) -> std::io::Result<JoinHandle<()>> 
                     let answer = answers.lock().unwrap_or_else(|p| p.into_inner()).get(&port).cloned();
                     async move { Ok::<_, std::convert::Infallible>(reply(answer)) }
                 });
-                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                if let Err(e) =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
+                {
                     debug!(error = %e, "health check connection ended with an error");
                 }
             });
@@ -137,9 +142,16 @@ mod tests {
 
     #[test]
     fn answers_like_kube_proxy() {
-        let a = HealthAnswer { service: ServiceName::parse(Some("shop/web"), 3), local_endpoints: 2, service_proxy_healthy: true };
+        let a = HealthAnswer {
+            service: ServiceName::parse(Some("shop/web"), 3),
+            local_endpoints: 2,
+            service_proxy_healthy: true,
+        };
         let json = serde_json::to_value(&a).unwrap();
-        assert_eq!(json, serde_json::json!({"service": {"namespace": "shop", "name": "web"}, "localEndpoints": 2, "serviceProxyHealthy": true}));
+        assert_eq!(
+            json,
+            serde_json::json!({"service": {"namespace": "shop", "name": "web"}, "localEndpoints": 2, "serviceProxyHealthy": true})
+        );
         assert_eq!(reply(Some(a.clone())).status(), StatusCode::OK);
         assert_eq!(reply(Some(HealthAnswer { local_endpoints: 0, ..a })).status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(ServiceName::parse(None, 7).name, "service-7");

@@ -77,7 +77,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let (dp, maps) = Datapath::load(&config.datapath).context("loading the datapath")?;
     tokio::spawn(datapath::run_ct_gc(config.bpffs_root.clone(), config.ct_gc_interval));
     let store = Store::open(&config.state_dir).context("opening the state store")?;
-    let limits = Limits { max_backends_per_service: config.max_backends_per_service, nodeport_range: config.nodeport_range };
+    let limits =
+        Limits { max_backends_per_service: config.max_backends_per_service, nodeport_range: config.nodeport_range };
     let settings = LbSettings {
         node_name: config.node_name.clone(),
         default_mode: config.lb_mode,

@@ -9,8 +9,8 @@ pub mod validate;
 
 pub use client::{Client, ClientError};
 pub use model::{
-    Backend, BackendState, Cidr, L4Addr, LbAlgorithm, LbMode, Protocol, Service, ServiceOptions, ServiceSpec, ServiceType,
-    SessionAffinity, TrafficPolicy,
+    Backend, BackendState, Cidr, L4Addr, LbAlgorithm, LbMode, Protocol, Service, ServiceOptions, ServiceSpec,
+    ServiceType, SessionAffinity, TrafficPolicy,
 };
 pub use status::Status;
 pub use validate::FieldError;

@@ -276,11 +276,19 @@ impl FromStr for Cidr {
         let (addr, len) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (ADDRESS/PREFIX)"))?;
         let address: IpAddr = addr.parse().map_err(|_| format!("invalid address {addr:?} in CIDR {s:?}"))?;
         let max = if address.is_ipv4() { 32 } else { 128 };
-        let prefix_len: u8 = len.parse().ok().filter(|l| *l <= max).ok_or_else(|| format!("invalid prefix length {len:?} in CIDR {s:?} (0-{max})"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("invalid prefix length {len:?} in CIDR {s:?} (0-{max})"))?;
         let cidr = Cidr { address, prefix_len };
         let network = match address {
-            IpAddr::V4(a) => IpAddr::V4((u32::from(a) & u32::MAX.checked_shl(32 - prefix_len as u32).unwrap_or(0)).into()),
-            IpAddr::V6(a) => IpAddr::V6((u128::from(a) & u128::MAX.checked_shl(128 - prefix_len as u32).unwrap_or(0)).into()),
+            IpAddr::V4(a) => {
+                IpAddr::V4((u32::from(a) & u32::MAX.checked_shl(32 - prefix_len as u32).unwrap_or(0)).into())
+            }
+            IpAddr::V6(a) => {
+                IpAddr::V6((u128::from(a) & u128::MAX.checked_shl(128 - prefix_len as u32).unwrap_or(0)).into())
+            }
         };
         if network != address {
             return Err(format!("CIDR {s:?} has host bits set (did you mean {network}/{prefix_len}?)"));

@@ -228,10 +228,17 @@ pub fn service_spec_from_json(v: &Value, prefix: &str) -> Result<ServiceSpec, Fi
     Ok(spec)
 }
 
-fn parse_enum<T: std::str::FromStr<Err = String>>(obj: &Map<String, Value>, key: &str, prefix: &str) -> Result<Option<T>, FieldError> {
+fn parse_enum<T: std::str::FromStr<Err = String>>(
+    obj: &Map<String, Value>,
+    key: &str,
+    prefix: &str,
+) -> Result<Option<T>, FieldError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => parse_string(v, &join(prefix, key))?.parse().map(Some).map_err(|m: String| FieldError::new(join(prefix, key), m)),
+        Some(v) => parse_string(v, &join(prefix, key))?
+            .parse()
+            .map(Some)
+            .map_err(|m: String| FieldError::new(join(prefix, key), m)),
     }
 }
 
@@ -252,7 +259,9 @@ fn options_from_json(obj: &Map<String, Value>, prefix: &str) -> Result<ServiceOp
                 parse_string(v, &field)?.trim().parse::<Cidr>().map_err(|m| FieldError::new(field, m))
             })
             .collect::<Result<Vec<_>, _>>()?,
-        Some(other) => return Err(FieldError::new(ranges_field, format!("expected an array of CIDRs, got {}", json_type(other)))),
+        Some(other) => {
+            return Err(FieldError::new(ranges_field, format!("expected an array of CIDRs, got {}", json_type(other))))
+        }
     };
     let health_check_node_port = match obj.get("healthCheckNodePort") {
         None | Some(Value::Null) => None,
@@ -297,7 +306,10 @@ pub fn check_consistency(spec: &ServiceSpec, prefix: &str) -> Result<(), FieldEr
             ));
         }
         if b.address.is_unspecified() {
-            return Err(FieldError::new(format!("{field}.address"), format!("{} cannot be a backend address", b.address)));
+            return Err(FieldError::new(
+                format!("{field}.address"),
+                format!("{} cannot be a backend address", b.address),
+            ));
         }
         if !seen.insert((b.address, b.port)) {
             return Err(FieldError::new(field, format!("duplicate backend {}", b.socket_addr())));
@@ -313,7 +325,10 @@ fn check_type_rules(spec: &ServiceSpec, prefix: &str) -> Result<(), FieldError> 
     if spec.frontend.address.is_unspecified() && !t.allows_wildcard() {
         return Err(FieldError::new(
             join(prefix, "frontend.address"),
-            format!("{} (every node address) is only for NodePort and HostPort services, not {t}", spec.frontend.address),
+            format!(
+                "{} (every node address) is only for NodePort and HostPort services, not {t}",
+                spec.frontend.address
+            ),
         ));
     }
     if !t.is_north_south() {
@@ -323,16 +338,27 @@ fn check_type_rules(spec: &ServiceSpec, prefix: &str) -> Result<(), FieldError> 
             ("externalTrafficPolicy", !o.external_traffic_policy.is_cluster()),
         ];
         if let Some((field, _)) = north_south_only.iter().find(|(_, set)| *set) {
-            return Err(FieldError::new(join(prefix, field), format!("applies to traffic from outside the node (NodePort, LoadBalancer, ExternalIPs, HostPort), not {t}")));
+            return Err(FieldError::new(
+                join(prefix, field),
+                format!(
+                    "applies to traffic from outside the node (NodePort, LoadBalancer, ExternalIPs, HostPort), not {t}"
+                ),
+            ));
         }
     }
     if !o.source_ranges.is_empty() && t != ServiceType::LoadBalancer {
-        return Err(FieldError::new(join(prefix, "loadBalancerSourceRanges"), format!("only LoadBalancer services have source ranges, not {t}")));
+        return Err(FieldError::new(
+            join(prefix, "loadBalancerSourceRanges"),
+            format!("only LoadBalancer services have source ranges, not {t}"),
+        ));
     }
     if let Some(port) = o.health_check_node_port {
         let field = join(prefix, "healthCheckNodePort");
         if !matches!(t, ServiceType::NodePort | ServiceType::LoadBalancer) || o.external_traffic_policy.is_cluster() {
-            return Err(FieldError::new(field, "needs a NodePort or LoadBalancer service with externalTrafficPolicy Local"));
+            return Err(FieldError::new(
+                field,
+                "needs a NodePort or LoadBalancer service with externalTrafficPolicy Local",
+            ));
         }
         if port == spec.frontend.port {
             return Err(FieldError::new(field, format!("{port} is the service's own port")));
@@ -608,9 +634,13 @@ mod tests {
         let e = err(json!({"frontend": {"address": "10.0.0.9", "port": 80}, "type": "NodePort",
                            "loadBalancerSourceRanges": ["10.0.0.0/8"]}));
         assert_eq!(e.field, "loadBalancerSourceRanges");
-        let e = err(json!({"frontend": {"address": "0.0.0.0", "port": 30080}, "type": "NodePort", "healthCheckNodePort": 32000}));
+        let e = err(
+            json!({"frontend": {"address": "0.0.0.0", "port": 30080}, "type": "NodePort", "healthCheckNodePort": 32000}),
+        );
         assert_eq!(e.field, "healthCheckNodePort");
-        let e = err(json!({"frontend": {"address": "0.0.0.0", "port": 30080}, "type": "NodePort", "sessionAffinity": {"timeoutSeconds": 0}}));
+        let e = err(
+            json!({"frontend": {"address": "0.0.0.0", "port": 30080}, "type": "NodePort", "sessionAffinity": {"timeoutSeconds": 0}}),
+        );
         assert_eq!(e.field, "sessionAffinity.timeoutSeconds");
         assert_eq!(parse_frontend_arg("0.0.0.0:30080/udp").unwrap().to_string(), "0.0.0.0:30080/UDP");
     }
@@ -633,7 +663,10 @@ mod tests {
         let arr = serde_json::to_vec(&doc["services"]).unwrap();
         assert_eq!(apply_from_slice(&arr).unwrap().len(), 2);
         let bad = json!({"services": [{"frontend": fe(80)}, {"frontend": {"address": "10.96.0.1", "port": 0}}]});
-        assert_eq!(apply_from_slice(&serde_json::to_vec(&bad).unwrap()).unwrap_err().field, "services[1].frontend.port");
+        assert_eq!(
+            apply_from_slice(&serde_json::to_vec(&bad).unwrap()).unwrap_err().field,
+            "services[1].frontend.port"
+        );
         let dup = json!([{"frontend": fe(80)}, {"frontend": fe(80)}]);
         assert_eq!(apply_from_slice(&serde_json::to_vec(&dup).unwrap()).unwrap_err().field, "services[1].frontend");
         assert_eq!(apply_from_slice(br#"{"service": []}"#).unwrap_err().field, "service");

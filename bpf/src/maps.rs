@@ -457,13 +457,7 @@ unsafe impl aya::Pod for AxonConfig {}
 
 impl Lb4Key {
     pub fn new(address: Ipv4Addr, port: u16, proto: u8, backend_slot: u16) -> Self {
-        Self {
-            address: u32::from(address).to_be(),
-            dport: port.to_be(),
-            backend_slot,
-            proto,
-            ..Self::default()
-        }
+        Self { address: u32::from(address).to_be(), dport: port.to_be(), backend_slot, proto, ..Self::default() }
     }
     pub fn ip(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from_be(self.address))
@@ -475,13 +469,7 @@ impl Lb4Key {
 
 impl Lb6Key {
     pub fn new(address: Ipv6Addr, port: u16, proto: u8, backend_slot: u16) -> Self {
-        Self {
-            address: address.octets(),
-            dport: port.to_be(),
-            backend_slot,
-            proto,
-            ..Self::default()
-        }
+        Self { address: address.octets(), dport: port.to_be(), backend_slot, proto, ..Self::default() }
     }
     pub fn ip(&self) -> Ipv6Addr {
         Ipv6Addr::from(self.address)

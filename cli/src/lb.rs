@@ -47,7 +47,8 @@ fn flag_words(v: &LbService) -> Vec<String> {
         (svc_flags::MAGLEV, "maglev"),
         (svc_flags::SRC_RANGES, "source-ranges"),
     ];
-    let mut words: Vec<String> = named.iter().filter(|(bit, _)| v.flags & bit != 0).map(|(_, w)| w.to_string()).collect();
+    let mut words: Vec<String> =
+        named.iter().filter(|(bit, _)| v.flags & bit != 0).map(|(_, w)| w.to_string()).collect();
     if v.flags & svc_flags::AFFINITY != 0 {
         // The master's backend field carries the affinity timeout.
         words.push(format!("affinity={}s", v.backend_id));
@@ -196,9 +197,15 @@ mod tests {
             flags: svc_flags::NODEPORT_WILDCARD | svc_flags::MAGLEV | svc_flags::DSR | svc_flags::AFFINITY,
         };
         assert_eq!(flag_words(&v), vec!["all-node-addresses", "dsr", "maglev", "affinity=600s"]);
-        let dump = LbMapsDump { services4: vec![(Lb4Key::new(Ipv4Addr::UNSPECIFIED, 30080, 6, 0), v)], ..Default::default() };
+        let dump =
+            LbMapsDump { services4: vec![(Lb4Key::new(Ipv4Addr::UNSPECIFIED, 30080, 6, 0), v)], ..Default::default() };
         let text = render(&frontends(&dump));
-        assert!(text.contains("0.0.0.0:30080/TCP   0.0.0.0:0 (4) (0) [NodePort, all-node-addresses, dsr, maglev, affinity=600s]"), "{text}");
+        assert!(
+            text.contains(
+                "0.0.0.0:30080/TCP   0.0.0.0:0 (4) (0) [NodePort, all-node-addresses, dsr, maglev, affinity=600s]"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

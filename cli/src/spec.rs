@@ -59,7 +59,8 @@ fn options_from_flags(args: &UpdateArgs) -> Result<ServiceOptions> {
         None => None,
         Some(t) => {
             let timeout_seconds = t.trim().parse::<u32>().ok().filter(|t| (1..=86_400).contains(t));
-            let timeout_seconds = timeout_seconds.ok_or_else(|| anyhow!("--affinity-timeout: {t:?} is not 1-86400 seconds"))?;
+            let timeout_seconds =
+                timeout_seconds.ok_or_else(|| anyhow!("--affinity-timeout: {t:?} is not 1-86400 seconds"))?;
             Some(SessionAffinity { timeout_seconds })
         }
     };
@@ -74,14 +75,22 @@ fn options_from_flags(args: &UpdateArgs) -> Result<ServiceOptions> {
     };
     let health_check_node_port = match &args.health_check_node_port {
         None => None,
-        Some(p) => Some(p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| anyhow!("--health-check-node-port: {p:?} is not a port"))?),
+        Some(p) => Some(
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| anyhow!("--health-check-node-port: {p:?} is not a port"))?,
+        ),
     };
     Ok(ServiceOptions {
         mode: parsed(&args.mode, "--mode")?,
         algorithm: parsed(&args.algorithm, "--algorithm")?,
         session_affinity,
-        external_traffic_policy: parsed(&args.external_traffic_policy, "--external-traffic-policy")?.unwrap_or_default(),
-        internal_traffic_policy: parsed(&args.internal_traffic_policy, "--internal-traffic-policy")?.unwrap_or_default(),
+        external_traffic_policy: parsed(&args.external_traffic_policy, "--external-traffic-policy")?
+            .unwrap_or_default(),
+        internal_traffic_policy: parsed(&args.internal_traffic_policy, "--internal-traffic-policy")?
+            .unwrap_or_default(),
         source_ranges,
         health_check_node_port,
     })

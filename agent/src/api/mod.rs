@@ -81,7 +81,8 @@ async fn serve_connection(stream: UnixStream, state: Arc<ApiState>) {
     let seen_large = large.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
-        let size = hyper::body::Body::size_hint(req.body()).exact().or(hyper::body::Body::size_hint(req.body()).upper());
+        let size =
+            hyper::body::Body::size_hint(req.body()).exact().or(hyper::body::Body::size_hint(req.body()).upper());
         if size.is_some_and(|n| n > LARGE_REQUEST_BYTES) {
             seen_large.store(true, std::sync::atomic::Ordering::Relaxed);
         }

@@ -8,8 +8,8 @@ use axon_bpf::maps::{
     names, Lb4Backend, Lb4Key, Lb4ReverseNat, Lb4SrcRangeKey, Lb6Backend, Lb6Key, Lb6ReverseNat, Lb6SrcRangeKey,
     LbMaglevKey, LbService,
 };
-use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use axon_bpf::pinned::maps_dir;
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use aya::Pod;
 use std::io;
@@ -313,13 +313,15 @@ impl LbMaps for AyaLbMaps {
         for (key, value) in self.services4.entries()? {
             if let Some(p) = protocol(key.proto, "service slot") {
                 let frontend = L4Addr::new(key.ip().into(), key.port(), p);
-                snap.slots.push((SlotKey { frontend, scope: key.scope, slot: key.backend_slot }, from_lb_service(&value)));
+                snap.slots
+                    .push((SlotKey { frontend, scope: key.scope, slot: key.backend_slot }, from_lb_service(&value)));
             }
         }
         for (key, value) in self.services6.entries()? {
             if let Some(p) = protocol(key.proto, "service slot") {
                 let frontend = L4Addr::new(key.ip().into(), key.port(), p);
-                snap.slots.push((SlotKey { frontend, scope: key.scope, slot: key.backend_slot }, from_lb_service(&value)));
+                snap.slots
+                    .push((SlotKey { frontend, scope: key.scope, slot: key.backend_slot }, from_lb_service(&value)));
             }
         }
         for (id, be) in self.backends4.entries()? {

@@ -10,24 +10,26 @@ use std::net::IpAddr;
 
 mod cleanup;
 mod config;
-mod loader;
-mod maps;
-mod status;
-mod sys;
 mod ct;
 mod devices;
+mod loader;
+mod maps;
 mod node;
+mod status;
+mod sys;
 
 pub use cleanup::{cleanup, CleanupReport};
 pub use config::{cgroup2_mount, DatapathConfig, DEFAULT_BPFFS_ROOT};
+pub use config::{
+    CtTimeouts, Devices, InvalidConfig, PortRange, XdpMode, DEFAULT_NODEPORT_RANGE, DEFAULT_SNAT_PORT_RANGE,
+};
+pub use ct::{ct_flush, ct_gc, monotonic_secs, run_ct_gc, CtGcStats};
+pub use devices::{detect_devices, NodeDevice};
+pub use loader::{AttachTarget, DeviceAttachment, XdpAttach};
 pub use loader::{AttachedProgram, Datapath, LinkAction};
 pub use maps::AyaLbMaps;
-pub use status::{kernel_release, probe_features, DatapathStatus};
-pub use config::{CtTimeouts, Devices, InvalidConfig, PortRange, XdpMode, DEFAULT_NODEPORT_RANGE, DEFAULT_SNAT_PORT_RANGE};
-pub use loader::{AttachTarget, DeviceAttachment, XdpAttach};
-pub use devices::{detect_devices, NodeDevice};
 pub use node::{node_addr_key, reserve_ports};
-pub use ct::{ct_flush, ct_gc, monotonic_secs, run_ct_gc, CtGcStats};
+pub use status::{kernel_release, probe_features, DatapathStatus};
 pub use status::{DeviceStatus, NodeAddressStatus};
 
 /// Address family of a map pair (`axon_lb4_*` / `axon_lb6_*`).

@@ -13,8 +13,8 @@ use crate::store::{Store, StoreError};
 use axon_api::{FieldError, L4Addr, Protocol, Service, ServiceSpec, ServiceType};
 use ids::IdAllocator;
 use reconciler::{Change, LbSettings, ReconcileError, Reconciler};
-use std::net::IpAddr;
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use tracing::{error, info};
 
 /// Limits a single request must respect.
@@ -131,7 +131,12 @@ impl ServiceManager {
     /// Loads the store, rebuilds the datapath model from the pinned maps and
     /// makes the maps match the store (removing orphans): the same path as any
     /// change, so every start exercises it.
-    pub fn start(store: Store, maps: Box<dyn LbMaps>, limits: Limits, settings: LbSettings) -> Result<Self, ServiceError> {
+    pub fn start(
+        store: Store,
+        maps: Box<dyn LbMaps>,
+        limits: Limits,
+        settings: LbSettings,
+    ) -> Result<Self, ServiceError> {
         let stored = store.load_all()?;
         let reconciler = Reconciler::restore(maps, settings).map_err(from_reconcile)?;
         let mut manager = Self {
@@ -302,7 +307,8 @@ impl ServiceManager {
         self.store.write(&batch.iter().collect::<Vec<_>>(), &[])?;
         if let Err(e) = self.reconcile_batch(&batch, &moved) {
             error!(error = %e, "writing the datapath failed; rolling back");
-            let created: Vec<u32> = batch.iter().zip(&previous).filter(|(_, old)| old.is_none()).map(|(s, _)| s.id).collect();
+            let created: Vec<u32> =
+                batch.iter().zip(&previous).filter(|(_, old)| old.is_none()).map(|(s, _)| s.id).collect();
             self.store.write(&previous.iter().flatten().collect::<Vec<_>>(), &created)?;
             self.recover();
             return Err(from_reconcile(e));
@@ -455,7 +461,8 @@ impl ServiceManager {
                     )));
                 }
                 let outside = self.claim_holder(&claim, &|owner| owner == svc.id || in_batch.contains(&owner));
-                let inside = batch_claims.iter().find(|(owner, other)| *owner != svc.id && claims_collide(&claim, other));
+                let inside =
+                    batch_claims.iter().find(|(owner, other)| *owner != svc.id && claims_collide(&claim, other));
                 if let Some(owner) = outside.or(inside.map(|(owner, _)| *owner)) {
                     return Err(ServiceError::Conflict(FieldError::new(
                         field,
@@ -496,7 +503,9 @@ impl ServiceManager {
         services
             .into_iter()
             .flatten()
-            .filter_map(|s| s.options.health_check_node_port.map(|p| (p, s.clone(), self.reconciler.local_backend_count(&s))))
+            .filter_map(|s| {
+                s.options.health_check_node_port.map(|p| (p, s.clone(), self.reconciler.local_backend_count(&s)))
+            })
             .collect()
     }
 

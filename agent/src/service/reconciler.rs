@@ -13,9 +13,7 @@
 
 use super::ids::{IdAllocator, IdError};
 use super::maglev;
-use crate::datapath::{
-    BackendValue, DatapathError, Family, LbCapacity, LbMaps, MaglevEntry, SlotKey, SlotValue,
-};
+use crate::datapath::{BackendValue, DatapathError, Family, LbCapacity, LbMaps, MaglevEntry, SlotKey, SlotValue};
 use axon_api::{Cidr, L4Addr, LbAlgorithm, LbMode, Service};
 use axon_bpf::maps::{backend_state, scope, svc_flags};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -358,9 +356,12 @@ impl Reconciler {
             by_scope.entry((key.scope, key.frontend)).or_default().insert(key.slot, *value);
         }
         // External scopes first: they create the services internal scopes attach to.
-        let (external, internal): (Vec<_>, Vec<_>) = by_scope.into_iter().partition(|((s, _), _)| *s == scope::EXTERNAL);
+        let (external, internal): (Vec<_>, Vec<_>) =
+            by_scope.into_iter().partition(|((s, _), _)| *s == scope::EXTERNAL);
         for ((scope_id, fe), slots) in external.into_iter().chain(internal) {
-            let orphan_all = |o: &mut Orphans| o.slots.extend(slots.keys().map(|s| SlotKey { frontend: fe, scope: scope_id, slot: *s }));
+            let orphan_all = |o: &mut Orphans| {
+                o.slots.extend(slots.keys().map(|s| SlotKey { frontend: fe, scope: scope_id, slot: *s }))
+            };
             let Some(master) = slots.get(&0).copied().filter(|m| m.rev_nat_index != 0) else {
                 orphan_all(&mut self.orphans);
                 continue;
@@ -382,16 +383,20 @@ impl Reconciler {
             for backend_id in &backend_slots {
                 self.add_ref(*backend_id);
             }
-            self.orphans.slots.extend(
-                slots.keys().filter(|s| **s > master.count).map(|s| SlotKey { frontend: fe, scope: scope_id, slot: *s }),
-            );
+            self.orphans.slots.extend(slots.keys().filter(|s| **s > master.count).map(|s| SlotKey {
+                frontend: fe,
+                scope: scope_id,
+                slot: *s,
+            }));
             let realized = self.realized.entry(id).or_insert_with(|| Realized {
                 frontend: fe,
                 scopes: Scopes::default(),
                 source_ranges: BTreeSet::new(),
                 rev_nat_ok: false,
             });
-            realized.scopes.insert(scope_id, ScopeState { master: Some(master), slots: backend_slots, maglev: Vec::new() });
+            realized
+                .scopes
+                .insert(scope_id, ScopeState { master: Some(master), slots: backend_slots, maglev: Vec::new() });
         }
     }
 
@@ -482,7 +487,11 @@ impl Reconciler {
             }
         }
         for (id, scope_id, index) in orphans.maglev {
-            let live = self.realized.get(&id).and_then(|r| r.scopes.get(&scope_id)).is_some_and(|s| (index as usize) < s.maglev.len());
+            let live = self
+                .realized
+                .get(&id)
+                .and_then(|r| r.scopes.get(&scope_id))
+                .is_some_and(|s| (index as usize) < s.maglev.len());
             if !live {
                 self.maps.delete_maglev(id, scope_id, index)?;
             }
@@ -514,7 +523,8 @@ impl Reconciler {
         svc.backends
             .iter()
             .map(|b| {
-                let local = !self.settings.node_name.is_empty() && b.node.as_deref() == Some(self.settings.node_name.as_str());
+                let local =
+                    !self.settings.node_name.is_empty() && b.node.as_deref() == Some(self.settings.node_name.as_str());
                 let state = backend_state::ACTIVE | if local { backend_state::F_LOCAL } else { 0 };
                 (BackendValue { addr: svc.backend_addr(b), state }, local)
             })
@@ -565,16 +575,30 @@ impl Reconciler {
         };
         let mut scopes = Vec::with_capacity(2);
         if two_scopes {
-            scopes.push(ScopePlan { scope: scope::INTERNAL, master: master(&internal, flags), backends: internal, maglev: false });
+            scopes.push(ScopePlan {
+                scope: scope::INTERNAL,
+                master: master(&internal, flags),
+                backends: internal,
+                maglev: false,
+            });
         }
-        scopes.push(ScopePlan { scope: scope::EXTERNAL, master: master(&external, external_flags), backends: external, maglev });
+        scopes.push(ScopePlan {
+            scope: scope::EXTERNAL,
+            master: master(&external, external_flags),
+            backends: external,
+            maglev,
+        });
         Plan { frontend: svc.frontend, scopes, source_ranges: o.source_ranges.iter().copied().collect() }
     }
 
     /// Writes one service, changing only what differs from the maps.
     pub fn apply(&mut self, svc: &Service) -> Result<(), ReconcileError> {
         if svc.backends.len() > u16::MAX as usize {
-            return Err(ReconcileError::Capacity { map: "backend slots of one service", needed: svc.backends.len() as u64, max: u16::MAX as u32 });
+            return Err(ReconcileError::Capacity {
+                map: "backend slots of one service",
+                needed: svc.backends.len() as u64,
+                max: u16::MAX as u32,
+            });
         }
         if self.realized.get(&svc.id).is_some_and(|old| old.frontend != svc.frontend) {
             self.remove(svc.id)?;
@@ -625,14 +649,27 @@ impl Reconciler {
     }
 
     /// One scope: Maglev table, then slots, then master, then surplus slots.
-    fn write_scope(&mut self, id: u32, fe: L4Addr, sp: &ScopePlan, mut state: ScopeState, old: &ScopeState) -> Result<ScopeState, ReconcileError> {
+    fn write_scope(
+        &mut self,
+        id: u32,
+        fe: L4Addr,
+        sp: &ScopePlan,
+        mut state: ScopeState,
+        old: &ScopeState,
+    ) -> Result<ScopeState, ReconcileError> {
         let key = |slot: u16| SlotKey { frontend: fe, scope: sp.scope, slot };
         if sp.maglev && !state.slots.is_empty() {
             state.maglev = self.write_maglev(id, sp, &state.slots, &old.maglev)?;
         }
         for (i, backend_id) in state.slots.iter().enumerate() {
             if old.slots.get(i) != Some(backend_id) {
-                let value = SlotValue { backend_id: *backend_id, rev_nat_index: id, count: 0, svc_type: sp.master.svc_type, flags: 0 };
+                let value = SlotValue {
+                    backend_id: *backend_id,
+                    rev_nat_index: id,
+                    count: 0,
+                    svc_type: sp.master.svc_type,
+                    flags: 0,
+                };
                 self.maps.put_slot(&key(slot_number(i)), &value)?;
             }
         }
@@ -651,12 +688,20 @@ impl Reconciler {
     }
 
     /// Writes the entries of a scope's Maglev table that differ from `old`.
-    fn write_maglev(&mut self, id: u32, sp: &ScopePlan, slots: &[u32], old: &[u32]) -> Result<Vec<u32>, ReconcileError> {
-        let named: Vec<(String, u32)> = sp.backends.iter().zip(slots).map(|(b, id)| (b.addr.to_string(), *id)).collect();
+    fn write_maglev(
+        &mut self,
+        id: u32,
+        sp: &ScopePlan,
+        slots: &[u32],
+        old: &[u32],
+    ) -> Result<Vec<u32>, ReconcileError> {
+        let named: Vec<(String, u32)> =
+            sp.backends.iter().zip(slots).map(|(b, id)| (b.addr.to_string(), *id)).collect();
         let table = maglev::table(&named, self.settings.maglev_table_size);
         for (index, backend_id) in table.iter().enumerate() {
             if old.get(index) != Some(backend_id) {
-                let entry = MaglevEntry { rev_nat_index: id, scope: sp.scope, index: index as u32, backend_id: *backend_id };
+                let entry =
+                    MaglevEntry { rev_nat_index: id, scope: sp.scope, index: index as u32, backend_id: *backend_id };
                 self.maps.put_maglev(&entry)?;
             }
         }
@@ -766,7 +811,8 @@ impl Reconciler {
             }
             let new_fp = plan_footprint(&plan, self.settings.maglev_table_size);
             let in_place = old.is_some_and(|o| o.frontend == new.frontend);
-            let during = if in_place { usage.minus(old_fp).plus(old_fp.max(new_fp)) } else { usage.minus(old_fp).plus(new_fp) };
+            let during =
+                if in_place { usage.minus(old_fp).plus(old_fp.max(new_fp)) } else { usage.minus(old_fp).plus(new_fp) };
             peak = peak.max(during);
             usage = usage.minus(old_fp).plus(new_fp);
         }
@@ -824,7 +870,10 @@ impl Reconciler {
                     r.scopes.get(&sp.scope).is_some_and(|s| {
                         s.master == Some(sp.master)
                             && s.slots.len() == sp.backends.len()
-                            && s.slots.iter().zip(&sp.backends).all(|(id, b)| self.backends.get(&b.addr).is_some_and(|br| br.id == *id))
+                            && s.slots
+                                .iter()
+                                .zip(&sp.backends)
+                                .all(|(id, b)| self.backends.get(&b.addr).is_some_and(|br| br.id == *id))
                     })
                 })
         })
@@ -858,9 +907,15 @@ pub(crate) mod tests {
                 let fe = key.frontend;
                 for s in 1..=v.count {
                     let slot_key = SlotKey { slot: s, ..*key };
-                    let slot_value =
-                        self.slots.get(&slot_key).unwrap_or_else(|| panic!("{fe}: master count {} but slot {s} missing", v.count));
-                    assert!(self.backends.contains_key(&slot_value.backend_id), "{fe} slot {s} → missing backend {}", slot_value.backend_id);
+                    let slot_value = self
+                        .slots
+                        .get(&slot_key)
+                        .unwrap_or_else(|| panic!("{fe}: master count {} but slot {s} missing", v.count));
+                    assert!(
+                        self.backends.contains_key(&slot_value.backend_id),
+                        "{fe} slot {s} → missing backend {}",
+                        slot_value.backend_id
+                    );
                 }
                 assert!(self.rev_nat.contains_key(&v.rev_nat_index), "{fe}: master before its rev-NAT entry");
                 if v.flags & svc_flags::TWO_SCOPES != 0 {
@@ -874,10 +929,16 @@ pub(crate) mod tests {
                         .map(|(_, b)| *b)
                         .collect();
                     assert!(!table.is_empty(), "{fe}: MAGLEV before its table");
-                    assert!(table.iter().all(|b| self.backends.contains_key(b)), "{fe}: Maglev entry → missing backend");
+                    assert!(
+                        table.iter().all(|b| self.backends.contains_key(b)),
+                        "{fe}: Maglev entry → missing backend"
+                    );
                 }
                 if v.flags & svc_flags::SRC_RANGES != 0 {
-                    assert!(self.ranges.iter().any(|(id, _)| *id == v.rev_nat_index), "{fe}: SRC_RANGES before the ranges");
+                    assert!(
+                        self.ranges.iter().any(|(id, _)| *id == v.rev_nat_index),
+                        "{fe}: SRC_RANGES before the ranges"
+                    );
                 }
             }
         }
@@ -973,7 +1034,12 @@ pub(crate) mod tests {
                 maglev: m
                     .maglev
                     .iter()
-                    .map(|((id, scope, index), b)| MaglevEntry { rev_nat_index: *id, scope: *scope, index: *index, backend_id: *b })
+                    .map(|((id, scope, index), b)| MaglevEntry {
+                        rev_nat_index: *id,
+                        scope: *scope,
+                        index: *index,
+                        backend_id: *b,
+                    })
                     .collect(),
                 source_ranges: m.ranges.iter().copied().collect(),
                 backends: m.backends.iter().map(|(id, v)| (*id, *v)).collect(),
@@ -1097,9 +1163,15 @@ pub(crate) mod tests {
         {
             let mut m = fake.0.lock().unwrap();
             let fe = a.frontend;
-            m.slots.insert(SlotKey { frontend: fe, scope: 0, slot: 5 }, SlotValue { backend_id: 1, rev_nat_index: 1, ..Default::default() });
+            m.slots.insert(
+                SlotKey { frontend: fe, scope: 0, slot: 5 },
+                SlotValue { backend_id: 1, rev_nat_index: 1, ..Default::default() },
+            );
             let stray = L4Addr::new("10.96.9.9".parse().unwrap(), 1, Protocol::Udp);
-            m.slots.insert(SlotKey { frontend: stray, scope: 0, slot: 1 }, SlotValue { backend_id: 1, rev_nat_index: 99, ..Default::default() });
+            m.slots.insert(
+                SlotKey { frontend: stray, scope: 0, slot: 1 },
+                SlotValue { backend_id: 1, rev_nat_index: 99, ..Default::default() },
+            );
             m.backends.insert(
                 42,
                 BackendValue { addr: L4Addr::new("10.9.9.9".parse().unwrap(), 9, Protocol::Tcp), state: 0 },
@@ -1155,7 +1227,13 @@ pub(crate) mod tests {
         r.check_capacity(&[Change { id: 1, new: None }, Change { id: 2, new: Some(&other) }]).unwrap();
     }
 
-    fn ns(id: u32, frontend: &str, svc_type: ServiceType, backends: &[(&str, &str)], options: ServiceOptions) -> Service {
+    fn ns(
+        id: u32,
+        frontend: &str,
+        svc_type: ServiceType,
+        backends: &[(&str, &str)],
+        options: ServiceOptions,
+    ) -> Service {
         let (ip, port) = axon_api::validate::parse_frontend_arg(frontend).map(|f| (f.address, f.port)).unwrap();
         Service {
             id,
@@ -1183,7 +1261,8 @@ pub(crate) mod tests {
         LbSettings { node_name: "node-1".into(), maglev_table_size: 251, ..LbSettings::default() }
     }
 
-    const TWO_NODES: [(&str, &str); 3] = [("10.1.0.1:80", "node-1"), ("10.2.0.1:80", "node-2"), ("10.2.0.2:80", "node-2")];
+    const TWO_NODES: [(&str, &str); 3] =
+        [("10.1.0.1:80", "node-1"), ("10.2.0.1:80", "node-2"), ("10.2.0.2:80", "node-2")];
 
     #[test]
     fn external_traffic_policy_local_writes_two_scopes() {
@@ -1196,7 +1275,10 @@ pub(crate) mod tests {
         assert_eq!(master(scope::EXTERNAL).count, 1, "external traffic: only the local backend");
         assert_eq!(master(scope::INTERNAL).count, 3, "in-node clients: all backends");
         let ext = master(scope::EXTERNAL).flags;
-        assert_eq!(ext & (svc_flags::TWO_SCOPES | svc_flags::NODEPORT_WILDCARD), svc_flags::TWO_SCOPES | svc_flags::NODEPORT_WILDCARD);
+        assert_eq!(
+            ext & (svc_flags::TWO_SCOPES | svc_flags::NODEPORT_WILDCARD),
+            svc_flags::TWO_SCOPES | svc_flags::NODEPORT_WILDCARD
+        );
         let local: Vec<u8> = m.backends.values().map(|b| b.state & backend_state::F_LOCAL).collect();
         assert_eq!(local.iter().filter(|f| **f != 0).count(), 1, "one backend flagged local");
         drop(m);
