@@ -16,6 +16,22 @@ use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 
+/// Opens the map pinned at `dir/name` as the typed map `typed` makes of it,
+/// with its max_entries (for "map full" errors).
+fn open_pinned<T>(
+    dir: &Path,
+    name: &str,
+    typed: impl FnOnce(Map) -> Result<T, MapError>,
+) -> Result<(u32, T), DatapathError> {
+    let path = dir.join(name);
+    let load_err =
+        |message: String| DatapathError::Load { context: format!("opening pinned map {}", path.display()), message };
+    let data = MapData::from_pin(&path).map_err(|e| load_err(e.to_string()))?;
+    let max_entries = data.info().map_err(|e| load_err(e.to_string()))?.max_entries();
+    let map = Map::from_map_data(data).map_err(|e| load_err(e.to_string()))?;
+    Ok((max_entries, typed(map).map_err(|e| load_err(e.to_string()))?))
+}
+
 /// One pinned hash map, with what error messages need to name it.
 struct Table<K: Pod, V: Pod> {
     name: &'static str,
@@ -25,15 +41,7 @@ struct Table<K: Pod, V: Pod> {
 
 impl<K: Pod, V: Pod> Table<K, V> {
     fn open(dir: &Path, name: &'static str) -> Result<Self, DatapathError> {
-        let path = dir.join(name);
-        let load_err = |message: String| DatapathError::Load {
-            context: format!("opening pinned map {}", path.display()),
-            message,
-        };
-        let data = MapData::from_pin(&path).map_err(|e| load_err(e.to_string()))?;
-        let max_entries = data.info().map_err(|e| load_err(e.to_string()))?.max_entries();
-        let map = Map::from_map_data(data).map_err(|e| load_err(e.to_string()))?;
-        let map = HashMap::try_from(map).map_err(|e| load_err(e.to_string()))?;
+        let (max_entries, map) = open_pinned(dir, name, HashMap::try_from)?;
         Ok(Self { name, max_entries, map })
     }
 
@@ -128,15 +136,7 @@ struct RangeTable<K: aya::Pod> {
 
 impl<K: aya::Pod> RangeTable<K> {
     fn open(dir: &Path, name: &'static str) -> Result<Self, DatapathError> {
-        let path = dir.join(name);
-        let load_err = |message: String| DatapathError::Load {
-            context: format!("opening pinned map {}", path.display()),
-            message,
-        };
-        let data = MapData::from_pin(&path).map_err(|e| load_err(e.to_string()))?;
-        let max_entries = data.info().map_err(|e| load_err(e.to_string()))?.max_entries();
-        let map = Map::from_map_data(data).map_err(|e| load_err(e.to_string()))?;
-        let map = LpmTrie::try_from(map).map_err(|e| load_err(e.to_string()))?;
+        let (max_entries, map) = open_pinned(dir, name, LpmTrie::try_from)?;
         Ok(Self { name, max_entries, map })
     }
 
