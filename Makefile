@@ -4,7 +4,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: all deps build release test demo bench clean-lab fmt clippy
+.PHONY: all deps build release test kube demo bench clean-lab fmt clippy
 
 all: build
 
@@ -23,9 +23,14 @@ release:
 ## test: the whole suite: unit tests and the network-namespace lab (needs root)
 # The lab's tests run axon-agent, agentctl and lab-client from the target dir,
 # so the binaries are built before the tests start.
-test: deps build
+test: deps build kube
 	@[ "$$(id -u)" -eq 0 ] || { echo "make test: the lab tests need root (network namespaces, cgroups, BPF)" >&2; exit 1; }
 	$(CARGO) test --workspace
+
+## kube: build kube-apiserver/kube-controller-manager/kube-proxy/kubectl 1.20.2 from Debian's source, once
+## (cached in ~/.cache/axon; the Kubernetes tests and benchmark run against them)
+kube:
+	@bash scripts/kube-build.sh >/dev/null
 
 ## demo: a ClusterIP service served by socket-LB in a lab of namespaces
 demo: deps build

@@ -32,6 +32,9 @@ required=(
   "gcc gcc"
   "make make"
   "pkg-config pkg-config"
+  "etcd etcd-server"
+  "etcdctl etcd-client"
+  "openssl openssl"
 )
 optional=(
   "perf linux-perf"

@@ -17,6 +17,8 @@ pub mod cgroup;
 pub mod check;
 pub mod client;
 pub mod error;
+pub mod etcd;
+pub mod kube;
 pub mod multinode;
 pub mod netns;
 pub mod nic;
