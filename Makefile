@@ -43,6 +43,8 @@ bench: deps release
 	@if [ -f bench/src/bin/axon-bench-nodeport.rs ]; then \
 		$(CARGO) run --release -p axon-bench --bin axon-bench-nodeport -- $(NODEPORT_BENCH_ARGS); \
 	fi
+	bash scripts/kube-build.sh >/dev/null
+	$(CARGO) run --release -p axon-bench --bin axon-bench -- k8s $(K8S_BENCH_ARGS)
 
 ## clean-lab: remove leftovers of interrupted tests/demos (axt-*, axd-*, axon-demo)
 clean-lab:

@@ -28,6 +28,7 @@ pub struct Agent {
     pub bpffs: PathBuf,
     state_dir: PathBuf,
     pub log: PathBuf,
+    extra: Vec<String>,
 }
 
 /// VmRSS and VmHWM of the agent, in KiB.
@@ -47,6 +48,19 @@ impl Agent {
         cgroup: &Path,
         name: &str,
     ) -> anyhow::Result<Agent> {
+        Self::start_with(rt, bin, prefix, workdir, cgroup, name, &[])
+    }
+
+    /// Like [`Agent::start`], with `extra` flags appended (a Kubernetes source, say).
+    pub fn start_with(
+        rt: &Runtime,
+        bin: &Path,
+        prefix: &str,
+        workdir: &Path,
+        cgroup: &Path,
+        name: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Agent> {
         let dir = workdir.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut agent = Agent {
@@ -57,6 +71,7 @@ impl Agent {
             socket: dir.join("agent.sock"),
             state_dir: dir.join("state"),
             log: dir.join("agent.log"),
+            extra: extra.to_vec(),
         };
         agent.spawn()?;
         agent.wait_ready(rt)?;
@@ -83,6 +98,7 @@ impl Agent {
             .args(["--lb-revnat-map-max", &REVNAT_MAP_MAX.to_string()])
             // Socket-LB only: no programs on the machine's own devices.
             .args(["--devices", "none"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

@@ -6,6 +6,7 @@
 mod agent;
 mod guard;
 mod helpers;
+mod k8s;
 mod lab;
 mod probe;
 mod report;
@@ -77,6 +78,8 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Axon against the real kube-proxy 1.20.2, both fed by one real kube-apiserver (issue #4's benchmark).
+    K8s(k8s::K8sArgs),
     /// Remove what interrupted runs left behind (axb* namespaces, cgroups, pins).
     Clean {
         #[arg(long)]
@@ -152,6 +155,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.cmd {
         None => bench(cli.run),
+        Some(Cmd::K8s(args)) => {
+            let agent_bin = ensure_agent(args.agent.clone())?;
+            let exe = std::env::current_exe().context("locating this binary")?;
+            k8s::run(args, k8s::Setup { exe, agent_bin })
+        }
         Some(Cmd::Clean { agent }) => {
             lab::sweep(None, Some(&agent_path(agent)?));
             Ok(())

@@ -109,21 +109,21 @@ pub struct Results {
     pub runs: Vec<PeerRun>,
 }
 
-struct Table {
+pub(crate) struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(headers: &[&str]) -> Self {
+    pub(crate) fn new(headers: &[&str]) -> Self {
         Table { headers: headers.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let cols = self.headers.len();
         let width = |c: usize| {
             self.rows
@@ -154,7 +154,7 @@ impl Table {
         out
     }
 
-    fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut out = format!("| {} |\n|{}\n", self.headers.join(" | "), "---|".repeat(self.headers.len()));
         for r in &self.rows {
             let _ = writeln!(out, "| {} |", r.join(" | "));
