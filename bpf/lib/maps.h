@@ -486,4 +486,38 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_config SEC(".maps");
 
+/*
+ * axon_ipcache: IP (or CIDR) -> security identity, both families in one LPM
+ * trie. The prefix length counts the family byte and its padding (32 bits)
+ * plus the address bits, so a /32 IPv4 entry has prefixlen 64 and a /128 IPv6
+ * entry 160. Written by the agent's identity reconciler (one entry per pod
+ * IP); read by policy enforcement in a later issue.
+ */
+#define AXON_IPCACHE_FAMILY_V4 4
+#define AXON_IPCACHE_FAMILY_V6 6
+#define AXON_IPCACHE_F_LOCAL   1 /* the endpoint runs on this node */
+#define AXON_DEFAULT_IPCACHE_ENTRIES 512000
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u8 family;   /* AXON_IPCACHE_FAMILY_* */
+	__u8 pad[3];
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, the rest zero */
+};
+
+struct ipcache_entry {
+	__u32 identity;
+	__u8 flags;    /* AXON_IPCACHE_F_* */
+	__u8 pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_entry);
+	__uint(max_entries, AXON_DEFAULT_IPCACHE_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_ipcache SEC(".maps");
+
 #endif /* __AXON_MAPS_H */

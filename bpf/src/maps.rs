@@ -7,6 +7,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+/// The ipcache: IP → security identity (`axon_ipcache`).
+pub mod ipcache;
+
 /// Names of the pinned maps, as `bpftool map show` lists them.
 pub mod names {
     pub const LB4_SERVICES: &str = "axon_lb4_services";
@@ -27,6 +30,7 @@ pub mod names {
     pub const DEVICES: &str = "axon_devices";
     pub const NODE_ADDRS: &str = "axon_node_addrs";
     pub const CONFIG: &str = "axon_config";
+    pub const IPCACHE: &str = "axon_ipcache";
 
     /// Every map the socket-LB object defines, in a stable order.
     pub const ALL: &[&str] = &[
@@ -48,6 +52,7 @@ pub mod names {
         DEVICES,
         NODE_ADDRS,
         CONFIG,
+        IPCACHE,
     ];
 }
 
@@ -161,6 +166,7 @@ pub mod defaults {
     pub const SRC_RANGE_ENTRIES: u32 = 16_384;
     pub const DEVICE_ENTRIES: u32 = 64;
     pub const NODE_ADDR_ENTRIES: u32 = 256;
+    pub const IPCACHE_ENTRIES: u32 = 512_000;
 }
 
 /// `struct lb4_key`

@@ -356,6 +356,8 @@ fn check_structs(btf: &Btf) {
     check_struct!(btf, "lb_affinity_val", LbAffinityVal, [backend_id, last_used]);
     check_struct!(btf, "lb4_src_range_key", Lb4SrcRangeKey, [prefixlen, rev_nat_index, address]);
     check_struct!(btf, "lb6_src_range_key", Lb6SrcRangeKey, [prefixlen, rev_nat_index, address]);
+    check_struct!(btf, "ipcache_key", axon_bpf::maps::ipcache::IpcacheKey, [prefixlen, family, pad, addr]);
+    check_struct!(btf, "ipcache_entry", axon_bpf::maps::ipcache::IpcacheEntry, [identity, flags, pad]);
     check_struct!(btf, "axon_device", AxonDevice, [ipv4, ipv6, mac, flags, pad]);
     check_struct!(btf, "node_addr_key", NodeAddrKey, [address]);
     check_struct!(
@@ -427,6 +429,12 @@ fn check_map_sizes(object: &str, maps: &BTreeMap<String, (usize, usize, u32)>) {
         (names::DEVICES, size_of::<u32>(), size_of::<AxonDevice>(), defaults::DEVICE_ENTRIES),
         (names::NODE_ADDRS, size_of::<NodeAddrKey>(), size_of::<u32>(), defaults::NODE_ADDR_ENTRIES),
         (names::CONFIG, size_of::<u32>(), size_of::<AxonConfig>(), 1),
+        (
+            names::IPCACHE,
+            size_of::<axon_bpf::maps::ipcache::IpcacheKey>(),
+            size_of::<axon_bpf::maps::ipcache::IpcacheEntry>(),
+            defaults::IPCACHE_ENTRIES,
+        ),
     ]
     .into_iter()
     .map(|(name, k, v, n)| (name.to_string(), (k, v, n)))

@@ -188,7 +188,7 @@ impl std::fmt::Debug for Datapath {
 }
 
 /// Expected shape of each pinned map: (name, type, key size, value size).
-fn map_specs() -> [(&'static str, MapType, usize, usize); 18] {
+fn map_specs() -> [(&'static str, MapType, usize, usize); 19] {
     [
         (names::LB4_SERVICES, MapType::Hash, size_of::<Lb4Key>(), size_of::<LbService>()),
         (names::LB6_SERVICES, MapType::Hash, size_of::<Lb6Key>(), size_of::<LbService>()),
@@ -208,6 +208,12 @@ fn map_specs() -> [(&'static str, MapType, usize, usize); 18] {
         (names::DEVICES, MapType::Hash, size_of::<u32>(), size_of::<AxonDevice>()),
         (names::NODE_ADDRS, MapType::Hash, size_of::<NodeAddrKey>(), size_of::<u32>()),
         (names::CONFIG, MapType::Array, size_of::<u32>(), size_of::<AxonConfig>()),
+        (
+            names::IPCACHE,
+            MapType::LpmTrie,
+            size_of::<axon_bpf::maps::ipcache::IpcacheKey>(),
+            size_of::<axon_bpf::maps::ipcache::IpcacheEntry>(),
+        ),
     ]
 }
 
