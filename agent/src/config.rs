@@ -101,6 +101,31 @@ pub struct Flags {
     /// max_entries of each axon_lb{4,6}_source_range.
     #[arg(long)]
     pub source_range_map_max: Option<u32>,
+    /// Mesh acceleration (sidecar capture + sockmap bypass): istio, linkerd or off [default: off].
+    #[arg(long)]
+    pub mesh_mode: Option<String>,
+    /// The sidecar's outbound port [default: 15001 istio, 4140 linkerd].
+    #[arg(long)]
+    pub mesh_outbound_port: Option<u16>,
+    /// The sidecar's inbound port [default: 15006 istio, 4143 linkerd].
+    #[arg(long)]
+    pub mesh_inbound_port: Option<u16>,
+    /// The sidecar's uid, whose own connections are not captured [default: 1337 istio, 2102 linkerd].
+    #[arg(long)]
+    pub mesh_proxy_uid: Option<u32>,
+    /// Sockmap bypass of local socket pairs for accelerated pods: on or off [default: on].
+    #[arg(long)]
+    pub mesh_bypass: Option<String>,
+    /// Serve the cluster's Services from Kubernetes instead of the embedded store: in-cluster credentials unless
+    /// --k8s-kubeconfig is given [default: false; true when a kubeconfig is given].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub k8s_enabled: Option<bool>,
+    /// Kubeconfig file for the Kubernetes API server (implies --k8s-enabled).
+    #[arg(long)]
+    pub k8s_kubeconfig: Option<PathBuf>,
+    /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME [default: only unlabelled ones].
+    #[arg(long)]
+    pub k8s_service_proxy_name: Option<String>,
     /// Detach every program and remove every pin under --bpffs-root, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -138,6 +163,9 @@ pub struct FileConfig {
     pub maglev_map_max: Option<u32>,
     pub affinity_map_max: Option<u32>,
     pub source_range_map_max: Option<u32>,
+    pub k8s_enabled: Option<bool>,
+    pub k8s_kubeconfig: Option<PathBuf>,
+    pub k8s_service_proxy_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +188,12 @@ pub struct Config {
     /// Everything the kernel side needs (paths, sizes, devices, timeouts).
     pub datapath: DatapathConfig,
     pub ct_gc_interval: std::time::Duration,
+    /// Services come from Kubernetes (true) or the embedded store (false, the default).
+    pub k8s_enabled: bool,
+    /// Kubeconfig for the API server; None with `k8s_enabled` means in-cluster credentials.
+    pub k8s_kubeconfig: Option<PathBuf>,
+    /// The service-proxy-name label value this agent serves (None: only unlabelled Services).
+    pub k8s_service_proxy_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +213,9 @@ impl Config {
             None => FileConfig::default(),
         };
         let file_for_datapath = file.clone();
+        let k8s_kubeconfig = flags.k8s_kubeconfig.clone().or(file.k8s_kubeconfig.clone());
+        let k8s_enabled = flags.k8s_enabled.or(file.k8s_enabled).unwrap_or(k8s_kubeconfig.is_some());
+        let k8s_service_proxy_name = flags.k8s_service_proxy_name.clone().or(file.k8s_service_proxy_name.clone());
         let cgroup_root = match flags.cgroup_root.clone().or(file.cgroup_root) {
             Some(p) => p,
             None if flags.cleanup => PathBuf::new(),
@@ -226,6 +263,9 @@ impl Config {
             ct_gc_interval: std::time::Duration::from_secs(
                 flags.ct_gc_interval.or(file.ct_gc_interval).unwrap_or(30).max(1),
             ),
+            k8s_enabled,
+            k8s_kubeconfig,
+            k8s_service_proxy_name,
         };
         config.datapath = datapath_config(flags, &file_for_datapath, &config)?;
         config.validate()?;

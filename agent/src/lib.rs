@@ -4,12 +4,15 @@
 //! - [`store`]: the embedded crash-safe store of the standalone mode,
 //! - [`datapath`]: BPF objects, pins, links and typed map access,
 //! - [`api`]: the REST API on the unix socket,
+//! - [`k8s`]: the Kubernetes source (Services, Endpoints/EndpointSlices, Nodes),
 //! - [`config`]: flags and config file.
 
 pub mod api;
 pub mod config;
 pub mod datapath;
 pub mod health;
+pub mod k8s;
 pub mod memory;
+pub mod mesh;
 pub mod service;
 pub mod store;
