@@ -33,7 +33,18 @@
 /* Used when axon_config leaves the SNAT range at 0. */
 #define SNAT_DEFAULT_PORT_MIN 32768
 #define SNAT_DEFAULT_PORT_MAX 65535
-#define SNAT_TRIES 8
+/* Ports probed per new flow: consecutive from a random start, so a range
+ * that is mostly in use (closed flows hold their port for the close timeout)
+ * still yields a free port instead of failing after a few random misses. */
+#define SNAT_TRIES 32
+
+/* The i-th port to try from `start` within [min, max]. */
+static __always_inline __be16 snat_probe_port(__u32 start, __u32 i, __u16 min, __u16 max)
+{
+	__u32 span = (__u32)max - min + 1;
+
+	return bpf_htons(min + (__u16)((start + i) % span));
+}
 
 struct tuple4 {
 	__be32 saddr;
@@ -196,10 +207,12 @@ static __always_inline int snat4_claim(struct ct4_key *key, struct ct4_entry *re
 {
 	struct ct4_entry *old;
 	__u16 min, max;
+	__u32 start;
 
 	snat_port_range(&min, &max);
-	for (int i = 0; i < SNAT_TRIES; i++) {
-		__be16 port = bpf_htons(min + (__u16)(bpf_get_prandom_u32() % ((__u32)max - min + 1)));
+	start = bpf_get_prandom_u32() % ((__u32)max - min + 1);
+	for (__u32 i = 0; i < SNAT_TRIES; i++) {
+		__be16 port = snat_probe_port(start, i, min, max);
 
 		key->dport = port;
 		reply->nat_port = port;
@@ -218,10 +231,12 @@ static __always_inline int snat6_claim(struct ct6_key *key, struct ct6_entry *re
 {
 	struct ct6_entry *old;
 	__u16 min, max;
+	__u32 start;
 
 	snat_port_range(&min, &max);
-	for (int i = 0; i < SNAT_TRIES; i++) {
-		__be16 port = bpf_htons(min + (__u16)(bpf_get_prandom_u32() % ((__u32)max - min + 1)));
+	start = bpf_get_prandom_u32() % ((__u32)max - min + 1);
+	for (__u32 i = 0; i < SNAT_TRIES; i++) {
+		__be16 port = snat_probe_port(start, i, min, max);
 
 		key->dport = port;
 		reply->nat_port = port;
