@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/kube-build.sh >/dev/null
+cargo build -q -p axon-agent --bin axon-agent  # the test checks config keys against axon-agent --help
 AXON_UPDATE_GENERATED=1 cargo test -p axon-tests --test install -- --test-threads=1 \
   chart_crds_match_the_crd_types chart_installs_on_a_real_apiserver_and_quick_install_is_in_sync
 echo "render: wrote install/kubernetes/axon/crds/axon-crds.yaml and install/kubernetes/quick-install.yaml"
