@@ -367,13 +367,22 @@ impl fmt::Display for L4Addr {
 pub enum BackendState {
     #[default]
     Active,
+    /// Going away (a terminating Kubernetes endpoint): no new connections
+    /// pick it, connections already on it keep working until they end.
+    Terminating,
 }
 
 impl BackendState {
     pub fn as_str(self) -> &'static str {
         match self {
             BackendState::Active => "active",
+            BackendState::Terminating => "terminating",
         }
+    }
+
+    /// Whether new connections may pick it.
+    pub fn takes_new_connections(self) -> bool {
+        self == BackendState::Active
     }
 }
 

@@ -159,10 +159,11 @@ pub fn backend_from_json(v: &Value, prefix: &str) -> Result<Backend, FieldError>
         None | Some(Value::Null) => BackendState::Active,
         Some(v) => match parse_string(v, &join(prefix, "state"))? {
             "active" => BackendState::Active,
+            "terminating" => BackendState::Terminating,
             other => {
                 return Err(FieldError::new(
                     join(prefix, "state"),
-                    format!("unknown backend state {other:?} (expected active)"),
+                    format!("unknown backend state {other:?} (expected active or terminating)"),
                 ))
             }
         },

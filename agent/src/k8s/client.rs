@@ -40,7 +40,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_kubeconfig_names_the_flag_and_the_path() {
-        let e = connect(Some(Path::new("/nonexistent/axon-kubeconfig"))).await.unwrap_err();
+        let Err(e) = connect(Some(Path::new("/nonexistent/axon-kubeconfig"))).await else {
+            panic!("a missing kubeconfig was accepted");
+        };
         let msg = e.to_string();
         assert!(msg.starts_with("k8s-kubeconfig:") && msg.contains("/nonexistent/axon-kubeconfig"), "{msg}");
     }

@@ -1,8 +1,14 @@
 //! The service model: the desired set of services (frontend, backends, type),
 //! the checks that need the whole set (duplicate frontends, limits, ids, map
 //! room), and the order of effects: validate → persist → reconcile. Every
-//! source (today the local API) goes through here; nothing downstream knows
-//! where a service came from.
+//! source (the local API, Kubernetes) goes through here; nothing downstream
+//! knows where a service came from.
+//!
+//! Services of an external source are *owned*: their name is `OWNER:PORT`
+//! (Kubernetes: `namespace/name:port`; the API refuses ':' in names), the
+//! source replaces or deletes all services of one owner in one commit
+//! ([`ServiceManager::replace_owned`]), and the local API may read them but
+//! not change them (409 naming the owner).
 
 pub mod ids;
 pub mod maglev;
@@ -113,9 +119,17 @@ pub struct ServiceManager {
     port_owners: HashMap<(u16, Protocol), HashSet<u32>>,
     /// The node-wide ports of each service that holds any.
     claims: HashMap<u32, Vec<PortClaim>>,
+    /// Owner (`namespace/name` of a Kubernetes Service) → its services.
+    owned: HashMap<String, HashSet<u32>>,
     store: Store,
     reconciler: Reconciler,
     limits: Limits,
+}
+
+/// The owner of a source-owned service: its name up to the ':' (names the
+/// local API accepts have none).
+pub fn owner_of(svc: &Service) -> Option<&str> {
+    svc.name.as_deref().and_then(|n| n.split_once(':')).map(|(owner, _)| owner)
 }
 
 /// Where a spec sits in the request, for error messages ("" or "services[3]").
@@ -145,6 +159,7 @@ impl ServiceManager {
             count: 0,
             port_owners: HashMap::new(),
             claims: HashMap::new(),
+            owned: HashMap::new(),
             store,
             reconciler,
             limits,
@@ -174,6 +189,9 @@ impl ServiceManager {
     fn index(&mut self, svc: &Service) {
         self.count += 1;
         self.frontends.insert(svc.frontend, svc.id);
+        if let Some(owner) = owner_of(svc) {
+            self.owned.entry(owner.to_string()).or_default().insert(svc.id);
+        }
         let claims = port_claims(svc);
         if claims.is_empty() {
             return;
@@ -187,6 +205,14 @@ impl ServiceManager {
     fn unindex(&mut self, svc: &Service) {
         self.count -= 1;
         self.frontends.remove(&svc.frontend);
+        if let Some(owner) = owner_of(svc) {
+            if let Some(ids) = self.owned.get_mut(owner) {
+                ids.remove(&svc.id);
+                if ids.is_empty() {
+                    self.owned.remove(owner);
+                }
+            }
+        }
         for c in self.claims.remove(&svc.id).unwrap_or_default() {
             if let Some(owners) = self.port_owners.get_mut(&(c.port, c.protocol)) {
                 owners.remove(&svc.id);
@@ -230,6 +256,80 @@ impl ServiceManager {
         self.commit(vec![spec], "").map(|mut v| v.remove(0))
     }
 
+    /// Refuses a local change to a service some source owns.
+    fn refuse_owned(&self, id: u32, field: String) -> Result<(), ServiceError> {
+        let Some(owner) = self.owned.iter().find(|(_, ids)| ids.contains(&id)).map(|(o, _)| o) else {
+            return Ok(());
+        };
+        Err(ServiceError::Conflict(FieldError::new(
+            field,
+            format!("service {id} comes from Kubernetes Service {owner}; change it there, not through the local API"),
+        )))
+    }
+
+    /// Owners that have services now (Kubernetes: `namespace/name`).
+    pub fn owners(&self) -> Vec<String> {
+        self.owned.keys().cloned().collect()
+    }
+
+    /// The services of `owner`, by id.
+    pub fn owned_services(&self, owner: &str) -> Result<Vec<Service>, ServiceError> {
+        let mut ids: Vec<u32> = self.owned.get(owner).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        ids.sort_unstable();
+        Ok(self.store.get_many(&ids)?.into_iter().flatten().collect())
+    }
+
+    /// Makes `specs` the whole set of `owner`'s services in one commit: all
+    /// of them are checked first, then the ones no longer wanted go, the
+    /// rest are written; on any error nothing changes. A service keeps its
+    /// id while its frontend stays (established flows keep their reverse
+    /// NAT). Every spec's name must be `owner:...`.
+    pub fn replace_owned(&mut self, owner: &str, specs: Vec<ServiceSpec>) -> Result<Vec<Service>, ServiceError> {
+        let current: HashSet<u32> = self.owned.get(owner).cloned().unwrap_or_default();
+        let mut ids = Vec::with_capacity(specs.len());
+        let mut allocated = Vec::new();
+        let release = |m: &mut Self, allocated: &[u32]| allocated.iter().for_each(|id| m.service_ids.release(*id));
+        for (i, spec) in specs.iter().enumerate() {
+            let named_right = spec.name.as_deref().and_then(|n| n.split_once(':')).is_some_and(|(o, _)| o == owner);
+            if !named_right {
+                release(self, &allocated);
+                return Err(ServiceError::Invalid(FieldError::new(
+                    format!("services[{i}].name"),
+                    format!("{:?} is not named {owner}:PORT", spec.name),
+                )));
+            }
+            match self.frontends.get(&spec.frontend).filter(|id| current.contains(id)) {
+                Some(id) if !ids.contains(id) => ids.push(*id),
+                _ => match self.service_ids.allocate() {
+                    Ok(id) => {
+                        allocated.push(id);
+                        ids.push(id);
+                    }
+                    Err(e) => {
+                        release(self, &allocated);
+                        return Err(ServiceError::NoRoom(format!("service ids: {e}")));
+                    }
+                },
+            }
+        }
+        let kept: HashSet<u32> = ids.iter().copied().collect();
+        let mut removed: Vec<u32> = current.difference(&kept).copied().collect();
+        removed.sort_unstable();
+        let prefix = |i: usize| format!("{owner}[{i}]");
+        let result = self.commit_with_ids(specs, ids, &removed, &prefix);
+        if result.is_err() {
+            release(self, &allocated);
+        }
+        result
+    }
+
+    /// Removes every service of `owner` (its Kubernetes Service is gone).
+    pub fn delete_owned(&mut self, owner: &str) -> Result<usize, ServiceError> {
+        let n = self.owned.get(owner).map_or(0, |ids| ids.len());
+        self.replace_owned(owner, Vec::new())?;
+        Ok(n)
+    }
+
     /// `POST /v1/services`: creates a service; refuses to replace one.
     pub fn create(&mut self, spec: ServiceSpec) -> Result<Service, ServiceError> {
         if let Some(id) = spec.id.filter(|id| self.service_ids.is_used(*id)) {
@@ -253,6 +353,7 @@ impl ServiceManager {
 
     pub fn delete(&mut self, id: u32) -> Result<Service, ServiceError> {
         let svc = self.get(id)?;
+        self.refuse_owned(id, "id".into())?;
         self.store.write(&[], &[id])?;
         if let Err(e) = self.reconciler.remove(id) {
             error!(id, error = %e, "removing service from the datapath failed; rolling back");
@@ -270,7 +371,8 @@ impl ServiceManager {
     fn commit(&mut self, specs: Vec<ServiceSpec>, list_field: &str) -> Result<Vec<Service>, ServiceError> {
         let prefix = |i: usize| if list_field.is_empty() { String::new() } else { format!("{list_field}[{i}]") };
         let (ids, allocated) = self.assign_ids(&specs, &prefix)?;
-        let result = self.commit_with_ids(specs, ids, &prefix);
+        let owned = ids.iter().enumerate().try_for_each(|(i, id)| self.refuse_owned(*id, field_of(&prefix(i), "id")));
+        let result = owned.and_then(|_| self.commit_with_ids(specs, ids, &[], &prefix));
         if result.is_err() {
             // A rejected request leaks no id.
             for id in allocated {
@@ -280,16 +382,22 @@ impl ServiceManager {
         result
     }
 
+    /// Writes `specs` as services `ids` and removes services `removed`, as
+    /// one change: checked together, persisted in one transaction, the
+    /// removed ones leaving the maps first.
     fn commit_with_ids(
         &mut self,
         specs: Vec<ServiceSpec>,
         ids: Vec<u32>,
+        removed: &[u32],
         prefix: &dyn Fn(usize) -> String,
     ) -> Result<Vec<Service>, ServiceError> {
         let batch: Vec<Service> = specs.into_iter().zip(&ids).map(|(spec, id)| Service::from_spec(*id, spec)).collect();
+        let leaving: HashSet<u32> = removed.iter().copied().collect();
         self.check_limits(&batch, prefix)?;
-        self.check_frontends(&batch, prefix)?;
-        self.check_node_ports(&batch, prefix)?;
+        self.check_frontends(&batch, &leaving, prefix)?;
+        self.check_node_ports(&batch, &leaving, prefix)?;
+        let removed_services: Vec<Service> = self.store.get_many(removed)?.into_iter().flatten().collect();
         let previous: Vec<Option<Service>> = self.store.get_many(&ids)?;
         let moved: Vec<u32> = batch
             .iter()
@@ -297,21 +405,28 @@ impl ServiceManager {
             .filter(|(s, old)| old.as_ref().is_some_and(|old| old.frontend != s.frontend))
             .map(|(s, _)| s.id)
             .collect();
-        let changes: Vec<Change<'_>> = moved
+        let changes: Vec<Change<'_>> = removed
             .iter()
+            .chain(&moved)
             .map(|id| Change { id: *id, new: None })
             .chain(batch.iter().map(|s| Change { id: s.id, new: Some(s) }))
             .collect();
         self.reconciler.check_capacity(&changes).map_err(from_reconcile)?;
 
-        self.store.write(&batch.iter().collect::<Vec<_>>(), &[])?;
-        if let Err(e) = self.reconcile_batch(&batch, &moved) {
+        self.store.write(&batch.iter().collect::<Vec<_>>(), removed)?;
+        let gone_first: Vec<u32> = removed.iter().chain(&moved).copied().collect();
+        if let Err(e) = self.reconcile_batch(&batch, &gone_first) {
             error!(error = %e, "writing the datapath failed; rolling back");
             let created: Vec<u32> =
                 batch.iter().zip(&previous).filter(|(_, old)| old.is_none()).map(|(s, _)| s.id).collect();
-            self.store.write(&previous.iter().flatten().collect::<Vec<_>>(), &created)?;
+            let restored: Vec<&Service> = previous.iter().flatten().chain(&removed_services).collect();
+            self.store.write(&restored, &created)?;
             self.recover();
             return Err(from_reconcile(e));
+        }
+        for svc in &removed_services {
+            self.unindex(svc);
+            self.service_ids.release(svc.id);
         }
         for (svc, old) in batch.iter().zip(&previous) {
             match old {
@@ -427,8 +542,13 @@ impl ServiceManager {
 
     /// No two services may share a frontend once the batch is applied. Costs
     /// O(batch), not O(services): one PUT stays cheap with 100k present.
-    fn check_frontends(&self, batch: &[Service], prefix: &dyn Fn(usize) -> String) -> Result<(), ServiceError> {
-        let in_batch: HashSet<u32> = batch.iter().map(|s| s.id).collect();
+    fn check_frontends(
+        &self,
+        batch: &[Service],
+        leaving: &HashSet<u32>,
+        prefix: &dyn Fn(usize) -> String,
+    ) -> Result<(), ServiceError> {
+        let in_batch: HashSet<u32> = batch.iter().map(|s| s.id).chain(leaving.iter().copied()).collect();
         let mut batch_owners: HashMap<L4Addr, u32> = HashMap::with_capacity(batch.len());
         for (i, svc) in batch.iter().enumerate() {
             let taken_in_batch = batch_owners.insert(svc.frontend, svc.id);
@@ -446,9 +566,14 @@ impl ServiceManager {
 
     /// NodePorts and health check ports: inside the range, and not held by
     /// another service on the same address (or on every address).
-    fn check_node_ports(&self, batch: &[Service], prefix: &dyn Fn(usize) -> String) -> Result<(), ServiceError> {
+    fn check_node_ports(
+        &self,
+        batch: &[Service],
+        leaving: &HashSet<u32>,
+        prefix: &dyn Fn(usize) -> String,
+    ) -> Result<(), ServiceError> {
         let (lo, hi) = self.limits.nodeport_range;
-        let in_batch: HashSet<u32> = batch.iter().map(|s| s.id).collect();
+        let in_batch: HashSet<u32> = batch.iter().map(|s| s.id).chain(leaving.iter().copied()).collect();
         let mut batch_claims: Vec<(u32, PortClaim)> = Vec::new();
         for (i, svc) in batch.iter().enumerate() {
             for claim in port_claims(svc) {
@@ -608,6 +733,66 @@ mod tests {
         m.apply(vec![s1, s2]).unwrap();
         assert!(m.list().unwrap().iter().all(|s| m.reconciler().is_realized(s)));
         assert_eq!(fx.map_entries(), (4, 2, 2));
+    }
+
+    fn owned(owner_port: &str, vip: &str, port: u16, backends: &[&str]) -> ServiceSpec {
+        ServiceSpec { name: Some(owner_port.into()), ..spec(&svc(0, vip, port, backends)) }
+    }
+
+    #[test]
+    fn an_owner_replaces_its_services_as_a_whole_and_the_api_cannot_touch_them() {
+        let fx = Fixture::new("owned");
+        let mut m = fx.start();
+        let local = m.create(spec(&svc(0, "10.96.0.9", 80, &["10.0.0.9:80"]))).unwrap();
+        let first = m
+            .replace_owned(
+                "ns/web",
+                vec![owned("ns/web:http", "10.96.0.1", 80, &["10.0.0.1:80"]), owned("ns/web:dns", "10.96.0.1", 53, &[])],
+            )
+            .unwrap();
+        assert_eq!(m.owners(), vec!["ns/web".to_string()]);
+        // The port 53 frontend goes, port 80 keeps its id, 8080 is new: one commit.
+        let second = m
+            .replace_owned(
+                "ns/web",
+                vec![
+                    owned("ns/web:http", "10.96.0.1", 80, &["10.0.0.2:80"]),
+                    owned("ns/web:alt", "10.96.0.1", 8080, &["10.0.0.2:80"]),
+                ],
+            )
+            .unwrap();
+        assert_eq!(second[0].id, first[0].id);
+        let names: Vec<_> = m.owned_services("ns/web").unwrap().into_iter().filter_map(|s| s.name).collect();
+        assert_eq!(names, vec!["ns/web:http".to_string(), "ns/web:alt".to_string()]);
+        assert!(m.list().unwrap().iter().all(|s| m.reconciler().is_realized(s)));
+
+        // A set with one bad member changes nothing: here a frontend another service holds.
+        let before = (m.list().unwrap(), fx.map_entries());
+        let e = m
+            .replace_owned(
+                "ns/web",
+                vec![owned("ns/web:http", "10.96.0.1", 80, &[]), owned("ns/web:x", "10.96.0.9", 80, &[])],
+            )
+            .unwrap_err();
+        assert!(matches!(&e, ServiceError::Conflict(f) if f.field == "ns/web[1].frontend"), "{e}");
+        assert_eq!((m.list().unwrap(), fx.map_entries()), before);
+
+        // The local API reads but does not change owned services.
+        let id = second[0].id;
+        let e = m.delete(id).unwrap_err();
+        assert!(matches!(&e, ServiceError::Conflict(_)) && e.to_string().contains("ns/web"), "{e}");
+        let e = m.put(id, spec(&svc(id, "10.96.0.1", 80, &[]))).unwrap_err();
+        assert!(matches!(&e, ServiceError::Conflict(_)), "{e}");
+        assert!(m.apply(vec![spec(&svc(0, "10.96.0.1", 80, &[]))]).is_err());
+        assert_eq!(m.get(id).unwrap().backends.len(), 1);
+
+        // A restart finds the owner again from the names in the store.
+        drop(m);
+        let mut m = fx.start();
+        assert_eq!(m.owners(), vec!["ns/web".to_string()]);
+        assert_eq!(m.delete_owned("ns/web").unwrap(), 2);
+        assert_eq!(m.list().unwrap(), vec![local]);
+        assert_eq!(fx.map_entries(), (2, 1, 1));
     }
 
     #[test]

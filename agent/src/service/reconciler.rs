@@ -151,6 +151,9 @@ struct Realized {
     source_ranges: BTreeSet<Cidr>,
     /// Whether the reverse-NAT entry is known to be right.
     rev_nat_ok: bool,
+    /// Backend ids of terminating backends: kept in the backend maps (so the
+    /// flows already on them drain) but in no slot (so no new flow picks them).
+    draining: Vec<u32>,
 }
 
 /// What one scope of a service should look like.
@@ -393,6 +396,8 @@ impl Reconciler {
                 scopes: Scopes::default(),
                 source_ranges: BTreeSet::new(),
                 rev_nat_ok: false,
+                // Not in any slot, so not in the maps' shape: the first apply acquires them again.
+                draining: Vec::new(),
             });
             realized
                 .scopes
@@ -522,6 +527,7 @@ impl Reconciler {
     fn scope_backends(&self, svc: &Service, local_only: bool) -> Vec<BackendValue> {
         svc.backends
             .iter()
+            .filter(|b| b.state.takes_new_connections())
             .map(|b| {
                 let local =
                     !self.settings.node_name.is_empty() && b.node.as_deref() == Some(self.settings.node_name.as_str());
@@ -530,6 +536,20 @@ impl Reconciler {
             })
             .filter(|(_, local)| !local_only || *local)
             .map(|(v, _)| v)
+            .collect()
+    }
+
+    /// The terminating backends of `svc`, as the backend map holds them.
+    fn draining_backends(&self, svc: &Service) -> Vec<BackendValue> {
+        svc.backends
+            .iter()
+            .filter(|b| !b.state.takes_new_connections())
+            .map(|b| {
+                let local =
+                    !self.settings.node_name.is_empty() && b.node.as_deref() == Some(self.settings.node_name.as_str());
+                let state = backend_state::TERMINATING | if local { backend_state::F_LOCAL } else { 0 };
+                BackendValue { addr: svc.backend_addr(b), state }
+            })
             .collect()
     }
 
@@ -615,6 +635,8 @@ impl Reconciler {
             acquired.extend(&ids);
             new_scopes.insert(sp.scope, ScopeState { master: Some(sp.master), slots: ids, maglev: Vec::new() });
         }
+        let draining =
+            self.draining_backends(svc).iter().map(|b| self.acquire_backend(b)).collect::<Result<Vec<u32>, _>>()?;
         if !old.as_ref().is_some_and(|o| o.rev_nat_ok) {
             self.maps.put_rev_nat(svc.id, &fe)?;
         }
@@ -639,10 +661,12 @@ impl Reconciler {
             self.maps.delete_source_range(svc.id, range)?;
         }
 
-        let new = Realized { frontend: fe, scopes: new_scopes, source_ranges: plan.source_ranges, rev_nat_ok: true };
+        let new =
+            Realized { frontend: fe, scopes: new_scopes, source_ranges: plan.source_ranges, rev_nat_ok: true, draining };
         self.usage = self.usage.minus(old.as_ref().map(footprint).unwrap_or_default()).plus(footprint(&new));
         self.realized.insert(svc.id, new);
-        for id in old.iter().flat_map(|o| o.scopes.values()).flat_map(|s| s.slots.iter().copied()) {
+        let old_ids = old.iter().flat_map(|o| o.scopes.values().flat_map(|s| s.slots.iter()).chain(&o.draining));
+        for id in old_ids.copied().collect::<Vec<u32>>() {
             self.release_backend(id)?;
         }
         Ok(())
@@ -737,8 +761,8 @@ impl Reconciler {
         self.maps.delete_rev_nat(id, Family::of(&fe.address))?;
         self.realized.remove(&id);
         self.usage = self.usage.minus(footprint(&old));
-        for backend_id in old.scopes.values().flat_map(|s| s.slots.iter().copied()) {
-            self.release_backend(backend_id)?;
+        for backend_id in old.scopes.values().flat_map(|s| s.slots.iter()).chain(&old.draining) {
+            self.release_backend(*backend_id)?;
         }
         Ok(())
     }
@@ -802,11 +826,10 @@ impl Reconciler {
                 continue;
             };
             let plan = self.plan(new);
-            for sp in &plan.scopes {
-                for b in &sp.backends {
-                    if !self.backends.contains_key(&b.addr) && new_backends.insert(b.addr) {
-                        usage.backend_entries[fam_index(&b.addr.address)] += 1;
-                    }
+            let draining = self.draining_backends(new);
+            for b in plan.scopes.iter().flat_map(|sp| sp.backends.iter()).chain(&draining) {
+                if !self.backends.contains_key(&b.addr) && new_backends.insert(b.addr) {
+                    usage.backend_entries[fam_index(&b.addr.address)] += 1;
                 }
             }
             let new_fp = plan_footprint(&plan, self.settings.maglev_table_size);
@@ -862,8 +885,14 @@ impl Reconciler {
     /// Whether the model says service `svc` is in the maps exactly as planned.
     pub fn is_realized(&self, svc: &Service) -> bool {
         let plan = self.plan(svc);
+        let draining = self.draining_backends(svc);
         self.realized.get(&svc.id).is_some_and(|r| {
-            r.frontend == plan.frontend
+            r.draining.len() == draining.len()
+                && r.draining
+                    .iter()
+                    .zip(&draining)
+                    .all(|(id, b)| self.backends.get(&b.addr).is_some_and(|br| br.id == *id && br.state == b.state))
+                && r.frontend == plan.frontend
                 && r.source_ranges == plan.source_ranges
                 && r.scopes.len() == plan.scopes.len()
                 && plan.scopes.iter().all(|sp| {
@@ -1084,6 +1113,39 @@ pub(crate) mod tests {
 
     fn writes(f: &SharedFake) -> usize {
         f.0.lock().unwrap().writes
+    }
+
+    #[test]
+    fn terminating_backends_drain_out_of_the_slots_but_stay_in_the_backend_map() {
+        let (fake, mut r) = fresh();
+        let mut s = svc(1, "10.96.0.1", 80, &["10.0.0.1:80", "10.0.0.2:80"]);
+        r.apply(&s).unwrap();
+        s.backends[0].state = axon_api::BackendState::Terminating;
+        r.apply(&s).unwrap();
+        assert!(r.is_realized(&s));
+        {
+            let m = fake.0.lock().unwrap();
+            // Master + one slot: only 10.0.0.2 takes new connections.
+            assert_eq!(m.slots.len(), 2);
+            let slot = m.slots.iter().find(|(k, _)| k.slot == 1).map(|(_, v)| v.backend_id).unwrap();
+            assert_eq!(m.backends[&slot].addr.address.to_string(), "10.0.0.2");
+            // 10.0.0.1 stays resolvable for the flows already on it.
+            let draining: Vec<_> = m.backends.values().filter(|b| b.state & 0x7f == backend_state::TERMINATING).collect();
+            assert_eq!(draining.len(), 1);
+            assert_eq!(draining[0].addr.address.to_string(), "10.0.0.1");
+        }
+        // A restart rebuilds the model from the maps and keeps the drain hold.
+        let mut r = Reconciler::restore(Box::new(fake.clone()), LbSettings::default()).unwrap();
+        r.sync([&s]).unwrap();
+        assert!(r.is_realized(&s));
+        assert_eq!(fake.0.lock().unwrap().backends.len(), 2);
+        // Gone from the endpoints: gone from the maps.
+        s.backends.remove(0);
+        r.apply(&s).unwrap();
+        assert_eq!(fake.0.lock().unwrap().backends.len(), 1);
+        r.remove(1).unwrap();
+        let m = fake.0.lock().unwrap();
+        assert!(m.backends.is_empty() && m.slots.is_empty());
     }
 
     #[test]
