@@ -5,6 +5,8 @@
       Lints the chart; prints Helm's messages; exits 1 when Helm reports an error.
   helm.py install --kubeconfig FILE --namespace NS [--set-json JSON] RELEASE CHART
       Installs the chart (no waiting for pods) and prints the rendered manifest, as Helm recorded it.
+  helm.py upgrade --kubeconfig FILE --namespace NS [--set-json JSON] RELEASE CHART
+      Upgrades the release to the chart with these values; prints the manifest.
 
 install/render.sh and tests/tests/install.rs use it; no helm binary is needed.
 """
@@ -28,18 +30,22 @@ def lint(args):
 def install(args):
     values = json.loads(args.set_json) if args.set_json else {}
     config = helm_sdkpy.Configuration(namespace=args.namespace, kubeconfig=args.kubeconfig)
-    result = asyncio.run(
-        helm_sdkpy.Install(config).run(
+    # The apiserver validates every object against its OpenAPI schema (disable_openapi_validation=False).
+    if args.command == "upgrade":
+        action = helm_sdkpy.Upgrade(config).run(
+            args.release, args.chart, values=values, wait=False, timeout=120, disable_openapi_validation=False
+        )
+    else:
+        action = helm_sdkpy.Install(config).run(
             args.release,
             args.chart,
             values=values,
             create_namespace=True,
             wait=False,
             timeout=120,
-            # The apiserver validates every object against its OpenAPI schema.
             disable_openapi_validation=False,
         )
-    )
+    result = asyncio.run(action)
     manifest = result.get("manifest")
     if manifest is None:
         print(json.dumps(result, indent=2), file=sys.stderr)
@@ -54,12 +60,13 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("lint")
     p.add_argument("chart")
-    p = sub.add_parser("install")
-    p.add_argument("--kubeconfig", required=True)
-    p.add_argument("--namespace", required=True)
-    p.add_argument("--set-json", default="")
-    p.add_argument("release")
-    p.add_argument("chart")
+    for name in ("install", "upgrade"):
+        p = sub.add_parser(name)
+        p.add_argument("--kubeconfig", required=True)
+        p.add_argument("--namespace", required=True)
+        p.add_argument("--set-json", default="")
+        p.add_argument("release")
+        p.add_argument("chart")
     args = parser.parse_args()
     try:
         return lint(args) if args.command == "lint" else install(args)

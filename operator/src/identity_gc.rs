@@ -3,12 +3,16 @@
 //! grace period — measured from when this leader first saw it unused, and never younger than the grace
 //! period itself — is deleted, with the resourceVersion it was judged at as a precondition, so an
 //! identity an agent touched meanwhile survives.
+//!
+//! Agents create an identity as `pending` and confirm it once it won (agent/src/identity/crd.rs); a pending
+//! object older than [`STALE_PENDING`] belongs to an agent that died mid-allocation and is deleted whatever
+//! its labels, since no agent ever uses a pending identity.
 
 use crate::config::GcConfig;
 use crate::error::{is_status, KubeContext, Result};
 use crate::labels::security_labels;
 use axon_crds::AxonIdentity;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use kube::{Client, ResourceExt};
@@ -17,6 +21,11 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 type LabelSet = BTreeMap<String, String>;
+
+/// The AxonIdentity annotation holding `pending` or `confirmed` (absent: confirmed).
+pub const IDENTITY_STATE: &str = "axon.io/identity-state";
+/// A pending identity this old is abandoned (agents settle within seconds).
+pub const STALE_PENDING: Duration = Duration::from_secs(60);
 
 /// Remembers since when each identity has been unused.
 #[derive(Debug, Default)]
@@ -31,6 +40,8 @@ pub struct Candidate {
     pub labels: LabelSet,
     /// Age of the object (from its creationTimestamp).
     pub age: Duration,
+    /// Created by an agent and never confirmed.
+    pub pending: bool,
 }
 
 impl Collector {
@@ -46,6 +57,12 @@ impl Collector {
         self.unused_since.retain(|name, _| present.contains(name.as_str()));
         let mut doomed = Vec::new();
         for id in identities {
+            if id.pending {
+                if id.age >= STALE_PENDING {
+                    doomed.push(id.name.clone());
+                }
+                continue;
+            }
             if used.contains(&id.labels) {
                 self.unused_since.remove(&id.name);
                 continue;
@@ -77,12 +94,19 @@ pub async fn collect(client: &Client, cfg: &GcConfig, collector: &mut Collector)
     // Identities first: one created after this list is not judged in this pass at all.
     let identity_list = ids.list(&ListParams::default()).await.ctx(|| "listing axonidentities".into())?;
     let pod_list = pods.list(&ListParams::default()).await.ctx(|| "listing pods".into())?;
-    let used: HashSet<LabelSet> = pod_list
-        .items
-        .iter()
-        .filter(|p| !is_finished(p))
-        .map(|p| security_labels(&p.namespace().unwrap_or_default(), p.labels()))
-        .collect();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns_list = namespaces.list(&ListParams::default()).await.ctx(|| "listing namespaces".into())?;
+    let ns_labels: HashMap<String, BTreeMap<String, String>> =
+        ns_list.items.iter().map(|n| (n.name_any(), n.labels().clone())).collect();
+    let mut used: HashSet<LabelSet> = HashSet::new();
+    for pod in pod_list.items.iter().filter(|p| !is_finished(p)) {
+        let ns = pod.namespace().unwrap_or_default();
+        // An agent that had not seen the namespace yet computed the set without its labels: both count.
+        used.insert(security_labels(&ns, pod.labels(), None));
+        if let Some(labels) = ns_labels.get(&ns) {
+            used.insert(security_labels(&ns, pod.labels(), Some(labels)));
+        }
+    }
     let now_ts = Timestamp::now();
     let by_name: HashMap<String, &AxonIdentity> = identity_list.items.iter().map(|i| (i.name_any(), i)).collect();
     let candidates: Vec<Candidate> = identity_list
@@ -95,6 +119,7 @@ pub async fn collect(client: &Client, cfg: &GcConfig, collector: &mut Collector)
                 .creation_timestamp()
                 .and_then(|t| Duration::try_from(now_ts.duration_since(t.0)).ok())
                 .unwrap_or_default(),
+            pending: i.annotations().get(IDENTITY_STATE).is_some_and(|s| s == "pending"),
         })
         .collect();
     let doomed = collector.judge(&candidates, &used, cfg.grace, Instant::now());
@@ -133,7 +158,17 @@ mod tests {
     }
 
     fn cand(name: &str, labels: LabelSet, age: u64) -> Candidate {
-        Candidate { name: name.into(), labels, age: Duration::from_secs(age) }
+        Candidate { name: name.into(), labels, age: Duration::from_secs(age), pending: false }
+    }
+
+    #[test]
+    fn stale_pending_identities_go_even_with_used_labels() {
+        let web = set(&[("k8s:app", "web")]);
+        let used: HashSet<LabelSet> = [web.clone()].into_iter().collect();
+        let fresh = Candidate { pending: true, ..cand("500", web.clone(), 10) };
+        let stale = Candidate { pending: true, ..cand("501", web, 61) };
+        let mut c = Collector::default();
+        assert_eq!(c.judge(&[fresh, stale], &used, Duration::from_secs(900), Instant::now()), vec!["501".to_string()]);
     }
 
     #[test]

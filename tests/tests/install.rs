@@ -41,7 +41,11 @@ fn check_generated(path: &Path, want: &str) {
     }
     let have = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     if have != want {
-        let line = have.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(have.lines().count().min(want.lines().count()));
+        let line = have
+            .lines()
+            .zip(want.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(have.lines().count().min(want.lines().count()));
         panic!(
             "{} is out of date (first difference at line {}): run install/render.sh\n have: {:?}\n want: {:?}",
             path.display(),
@@ -62,9 +66,20 @@ fn helm(args: &[&str]) -> std::process::Output {
 }
 
 fn helm_install(kube: &KubeCluster, namespace: &str, release: &str, values: &str) -> std::process::Output {
+    helm_release(kube, "install", namespace, release, values)
+}
+
+/// `install` or `upgrade` of the chart as `release`.
+fn helm_release(
+    kube: &KubeCluster,
+    action: &str,
+    namespace: &str,
+    release: &str,
+    values: &str,
+) -> std::process::Output {
     let kubeconfig = kube.kubeconfig().to_str().expect("utf-8 path").to_string();
     let chart = chart().to_str().expect("utf-8 path").to_string();
-    helm(&["install", "--kubeconfig", &kubeconfig, "--namespace", namespace, "--set-json", values, release, &chart])
+    helm(&[action, "--kubeconfig", &kubeconfig, "--namespace", namespace, "--set-json", values, release, &chart])
 }
 
 fn crds_file() -> String {
@@ -114,7 +129,8 @@ fn chart_installs_on_a_real_apiserver_and_quick_install_is_in_sync() {
     if !updating() {
         let quick = std::fs::read_to_string(&quick_path).expect("read quick-install.yaml");
         let objects = quick.lines().filter(|l| l.starts_with("kind: ")).count();
-        let out = kube.kubectl(&["apply", "--dry-run=server", "-f", quick_path.to_str().expect("utf-8")]).expect("kubectl");
+        let out =
+            kube.kubectl(&["apply", "--dry-run=server", "-f", quick_path.to_str().expect("utf-8")]).expect("kubectl");
         assert!(out.success(), "the apiserver rejected quick-install.yaml: {out}");
         let accepted = out.stdout.lines().filter(|l| l.ends_with("(server dry run)")).count();
         assert!(objects >= 10, "quick-install.yaml holds only {objects} objects");
@@ -143,6 +159,39 @@ fn chart_installs_on_a_real_apiserver_and_quick_install_is_in_sync() {
     check_daemonset(&kube);
     check_operator(&kube);
     check_rbac(&kube);
+    check_upgrade_to_kvstore_and_mesh(&kube);
+}
+
+/// `helm upgrade` to etcd identities and mesh acceleration rewrites the agent's config (and rolls the agents
+/// through the checksum annotation); the operator stops collecting identities.
+fn check_upgrade_to_kvstore_and_mesh(kube: &KubeCluster) {
+    let before = get_json(kube, &["daemonset", "-n", "kube-system", "axon-agent"]);
+    let values = r#"{"kubeProxyReplacement": true, "k8sServiceHost": "10.0.0.1", "identityAllocationMode": "kvstore",
+        "etcd": {"endpoints": ["https://10.0.0.10:2379", "https://10.0.0.11:2379"]}, "mesh": {"acceleration": {"enabled": true}},
+        "loadBalancer": {"mode": "dsr", "algorithm": "maglev", "acceleration": "best-effort"}, "nodePort": {"range": "31000,31999"}}"#;
+    let out = helm_release(kube, "upgrade", "kube-system", "axon", values);
+    assert!(out.status.success(), "helm upgrade failed: {}", String::from_utf8_lossy(&out.stderr));
+    let cm = get_json(kube, &["configmap", "-n", "kube-system", "axon-config"]);
+    let config: serde_yaml::Mapping =
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().expect("config")).expect("yaml");
+    let get = |k: &str| config.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    assert_eq!(get("identity-allocation-mode").as_deref(), Some("kvstore"));
+    assert_eq!(get("kvstore-endpoints").as_deref(), Some("https://10.0.0.10:2379,https://10.0.0.11:2379"));
+    assert_eq!(get("mesh-mode").as_deref(), Some("istio"));
+    assert_eq!(get("lb-mode").as_deref(), Some("dsr"));
+    assert_eq!(get("lb-algorithm").as_deref(), Some("maglev"));
+    assert_eq!(get("xdp-mode").as_deref(), Some("best-effort"));
+    assert_eq!(get("nodeport-range").as_deref(), Some("31000-31999"));
+    for key in config.keys() {
+        let flag = format!("--{}", key.as_str().expect("string key"));
+        assert!(axon_lab::bins::agent_has_flag(&flag).expect("axon-agent --help"), "the agent has no {flag}");
+    }
+    let after = get_json(kube, &["daemonset", "-n", "kube-system", "axon-agent"]);
+    let sum = |ds: &Value| ds["spec"]["template"]["metadata"]["annotations"]["axon.io/config-checksum"].clone();
+    assert_ne!(sum(&before), sum(&after), "a new config must roll the agents");
+    let dep = get_json(kube, &["deployment", "-n", "kube-system", "axon-operator"]);
+    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--identity-allocation-mode=kvstore"), "{args}");
 }
 
 fn get_json(kube: &KubeCluster, args: &[&str]) -> Value {
@@ -168,7 +217,9 @@ fn check_agent_config(kube: &KubeCluster) {
     let cm = get_json(kube, &["configmap", "-n", "kube-system", "axon-config"]);
     let text = cm["data"]["config.yaml"].as_str().expect("config.yaml in the ConfigMap");
     let config: serde_yaml::Mapping = serde_yaml::from_str(text).expect("config.yaml is YAML");
-    let get = |k: &str| config.get(k).and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_bool().map(|b| b.to_string())));
+    let get = |k: &str| {
+        config.get(k).and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_bool().map(|b| b.to_string())))
+    };
     assert_eq!(get("lb-mode").as_deref(), Some("snat"));
     assert_eq!(get("lb-algorithm").as_deref(), Some("random"));
     assert_eq!(get("xdp-mode").as_deref(), Some("disabled"));
@@ -176,10 +227,14 @@ fn check_agent_config(kube: &KubeCluster) {
     assert_eq!(get("devices").as_deref(), Some("auto"), "kubeProxyReplacement serves NodePorts on the devices");
     assert_eq!(get("cgroup-root").as_deref(), Some("/run/axon/cgroupv2"));
     assert_eq!(get("k8s-enabled").as_deref(), Some("true"));
+    assert_eq!(get("identity-allocation-mode").as_deref(), Some("crd"));
     for key in config.keys() {
         let key = key.as_str().expect("string keys");
         let flag = format!("--{key}");
-        assert!(axon_lab::bins::agent_has_flag(&flag).expect("axon-agent --help"), "the agent has no {flag} (config key {key})");
+        assert!(
+            axon_lab::bins::agent_has_flag(&flag).expect("axon-agent --help"),
+            "the agent has no {flag} (config key {key})"
+        );
     }
 }
 
@@ -189,7 +244,8 @@ fn check_daemonset(kube: &KubeCluster) {
     assert_eq!(pod["hostNetwork"], true);
     assert!(pod["hostPID"].is_null() || pod["hostPID"] == false, "the agent must not need the host PID namespace");
     assert_eq!(pod["serviceAccountName"], "axon-agent");
-    let inits: Vec<&str> = pod["initContainers"].as_array().expect("init containers").iter().filter_map(|c| c["name"].as_str()).collect();
+    let inits: Vec<&str> =
+        pod["initContainers"].as_array().expect("init containers").iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(inits, ["mount-bpffs", "mount-cgroup"]);
     let agent = &pod["containers"][0];
     let sc = &agent["securityContext"];
@@ -236,7 +292,7 @@ fn check_rbac(kube: &KubeCluster) {
         ("axon-agent", true, &["create", "events"]),
         ("axon-agent", true, &["create", "axonidentities.axon.io"]),
         ("axon-agent", true, &["patch", "axonnodes.axon.io", "--subresource=status"]),
-        ("axon-agent", false, &["delete", "axonidentities.axon.io"]),
+        ("axon-agent", true, &["delete", "axonidentities.axon.io"]),
         ("axon-agent", false, &["update", "axonnodes.axon.io"]),
         ("axon-agent", false, &["get", "secrets", "-n", "kube-system"]),
         ("axon-agent", false, &["create", "pods"]),
@@ -246,6 +302,8 @@ fn check_rbac(kube: &KubeCluster) {
         ("axon-operator", true, &["create", "axonnodes.axon.io"]),
         ("axon-operator", true, &["delete", "axonidentities.axon.io"]),
         ("axon-operator", true, &["list", "pods"]),
+        ("axon-operator", true, &["list", "namespaces"]),
+        ("axon-operator", false, &["delete", "pods"]),
         ("axon-operator", true, &["watch", "nodes"]),
         ("axon-operator", true, &["update", "leases.coordination.k8s.io/axon-operator", "-n", "kube-system"]),
         ("axon-operator", false, &["update", "leases.coordination.k8s.io/kube-scheduler", "-n", "kube-system"]),

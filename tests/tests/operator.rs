@@ -125,7 +125,9 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
 }
 
 fn lease_holder(kube: &KubeCluster) -> Option<String> {
-    let out = kube.kubectl(&["get", "lease", "-n", "default", "axon-operator", "-o", "jsonpath={.spec.holderIdentity}"]).ok()?;
+    let out = kube
+        .kubectl(&["get", "lease", "-n", "default", "axon-operator", "-o", "jsonpath={.spec.holderIdentity}"])
+        .ok()?;
     let h = out.stdout.trim().to_string();
     (out.success() && !h.is_empty()).then_some(h)
 }
@@ -146,7 +148,10 @@ fn pod_cidrs(kube: &KubeCluster) -> BTreeMap<String, Vec<String>> {
             items
                 .iter()
                 .map(|i| {
-                    let cidrs = i["spec"]["podCidrs"].as_array().map(|c| c.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
+                    let cidrs = i["spec"]["podCidrs"]
+                        .as_array()
+                        .map(|c| c.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                        .unwrap_or_default();
                     (i["metadata"]["name"].as_str().unwrap_or_default().to_string(), cidrs)
                 })
                 .collect()
@@ -155,7 +160,8 @@ fn pod_cidrs(kube: &KubeCluster) -> BTreeMap<String, Vec<String>> {
 }
 
 fn create_nodes(kube: &KubeCluster, names: &[&str]) {
-    let yaml: String = names.iter().map(|n| format!("---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {n}\n")).collect();
+    let yaml: String =
+        names.iter().map(|n| format!("---\napiVersion: v1\nkind: Node\nmetadata:\n  name: {n}\n")).collect();
     kube.apply(&yaml).expect("create nodes");
 }
 
@@ -198,7 +204,9 @@ fn two_replicas_one_leader_failover_and_stable_pod_cidrs() {
 
     // Exactly one leader: the Lease names it, and only it says so on /healthz.
     let leader = wait_for("a lease holder", Duration::from_secs(30), || lease_holder(&kube));
-    wait_for("both health endpoints", Duration::from_secs(10), || (a.healthz().is_some() && b.healthz().is_some()).then_some(()));
+    wait_for("both health endpoints", Duration::from_secs(10), || {
+        (a.healthz().is_some() && b.healthz().is_some()).then_some(())
+    });
     for _ in 0..5 {
         let roles = [a.healthz(), b.healthz()];
         let leaders = roles.iter().filter(|r| r.as_deref() == Some("ok leader")).count();
@@ -249,7 +257,9 @@ fn two_replicas_one_leader_failover_and_stable_pod_cidrs() {
     // A deleted Node releases its CIDRs; the next new Node gets them (the lowest free), no one else does.
     let out = kube.kubectl(&["delete", "node", "node-2"]).expect("kubectl");
     assert!(out.success(), "{out}");
-    wait_for("node-2's AxonNode to go", Duration::from_secs(15), || (!pod_cidrs(&kube).contains_key("node-2")).then_some(()));
+    wait_for("node-2's AxonNode to go", Duration::from_secs(15), || {
+        (!pod_cidrs(&kube).contains_key("node-2")).then_some(())
+    });
     create_nodes(&kube, &["node-4"]);
     let after = wait_allocated(&kube, &["node-1", "node-3", "node-4"]);
     assert_distinct(&after);
@@ -278,7 +288,14 @@ fn identity_gc_removes_unused_identities_after_the_grace_period() {
     let _op = Operator::start(
         &kube,
         "op-gc",
-        &["--identity-gc-interval", "1", "--identity-gc-grace-period", &grace, "--cluster-pool-ipv4-cidr", "10.245.0.0/16"],
+        &[
+            "--identity-gc-interval",
+            "1",
+            "--identity-gc-grace-period",
+            &grace,
+            "--cluster-pool-ipv4-cidr",
+            "10.245.0.0/16",
+        ],
     );
     wait_for("the CRDs", Duration::from_secs(30), || {
         kube.kubectl(&["get", "crd", "axonidentities.axon.io"]).ok().filter(|o| o.success())
@@ -288,34 +305,45 @@ fn identity_gc_removes_unused_identities_after_the_grace_period() {
          spec:\n  containers: [{name: web, image: registry.invalid/web}]\n",
     )
     .expect("create pod");
+    // A pod in a labelled namespace: the agent puts the namespace's labels into the pod's label set.
+    kube.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  labels: {team: a}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata:\n  name: api\n  namespace: team-a\n  labels: {app: api}\n\
+         spec:\n  containers: [{name: api, image: registry.invalid/api}]\n",
+    )
+    .expect("create namespace and pod");
     let ns = "k8s:io.kubernetes.pod.namespace";
     let created = Instant::now();
     kube.apply(&format!(
-        "{}{}{}",
+        "{}{}{}{}",
         identity_yaml(1001, &[("k8s:app", "web"), ("k8s:tier", "front"), (ns, "default")]),
         identity_yaml(1002, &[("k8s:app", "gone"), (ns, "default")]),
         identity_yaml(1003, &[("k8s:app", "web"), ("k8s:tier", "front"), (ns, "other")]),
+        identity_yaml(1004, &[("k8s:app", "api"), (ns, "team-a"), ("k8s:io.axon.k8s.namespace.labels.team", "a")]),
     ))
     .expect("create identities");
 
     // Within the grace period nothing goes, used or not.
     std::thread::sleep(Duration::from_secs(GRACE - 2));
-    let all: BTreeSet<String> = ["1001", "1002", "1003"].iter().map(|s| s.to_string()).collect();
+    let all: BTreeSet<String> = ["1001", "1002", "1003", "1004"].iter().map(|s| s.to_string()).collect();
     assert_eq!(identities(&kube), all, "an identity went before its grace period");
 
     // After it, the unused ones go (1003 has the pod's labels but another namespace); the pod's stays.
+    let in_use = BTreeSet::from(["1001".to_string(), "1004".to_string()]);
     wait_for("unused identities to be collected", Duration::from_secs(GRACE + 10), || {
-        (identities(&kube) == BTreeSet::from(["1001".to_string()])).then_some(())
+        (identities(&kube) == in_use).then_some(())
     });
     let took = created.elapsed();
     assert!(took >= Duration::from_secs(GRACE), "collected after {took:?}, before the {GRACE}s grace period");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(identities(&kube).contains("1001"), "the identity of a running pod was collected");
+    assert_eq!(identities(&kube), in_use, "the identity of a running pod was collected");
 
     // The pod goes: its identity follows after the grace period.
     let out = kube.kubectl(&["delete", "pod", "web", "-n", "default", "--grace-period=0", "--force"]).expect("kubectl");
     assert!(out.success(), "{out}");
     let gone = Instant::now();
-    wait_for("the last identity to be collected", Duration::from_secs(GRACE + 10), || identities(&kube).is_empty().then_some(()));
+    wait_for("the web pod's identity to be collected", Duration::from_secs(GRACE + 10), || {
+        (identities(&kube) == BTreeSet::from(["1004".to_string()])).then_some(())
+    });
     assert!(gone.elapsed() >= Duration::from_secs(GRACE - 1), "collected {:?} after its pod went", gone.elapsed());
 }

@@ -29,6 +29,9 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version | replace "+" "_" }}
 {{- if not (has .Values.loadBalancer.acceleration (list "disabled" "native" "best-effort" "generic")) -}}
 {{- fail (printf "loadBalancer.acceleration must be disabled, native, best-effort or generic, got %q" .Values.loadBalancer.acceleration) -}}
 {{- end -}}
+{{- if and .Values.mesh.acceleration.enabled (not (has .Values.mesh.mode (list "istio" "linkerd"))) -}}
+{{- fail (printf "mesh.mode must be istio or linkerd, got %q" .Values.mesh.mode) -}}
+{{- end -}}
 {{- if gt (len .Values.ipam.operator.clusterPoolIPv4PodCIDRList) 1 -}}
 {{- fail "ipam.operator.clusterPoolIPv4PodCIDRList: the operator takes one IPv4 pool" -}}
 {{- end -}}
