@@ -21,7 +21,15 @@ fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
     let config = Config::from_flags(&flags)?;
     init_logging(&config.log_level);
+    let mesh = axon_agent::mesh::MeshConfig::from_flags(
+        flags.mesh_mode.as_deref(),
+        flags.mesh_outbound_port,
+        flags.mesh_inbound_port,
+        flags.mesh_proxy_uid,
+        flags.mesh_bypass.as_deref(),
+    )?;
     if flags.cleanup {
+        axon_agent::mesh::loader::cleanup(&config.bpffs_root)?;
         let report = datapath::cleanup(&config.bpffs_root)
             .with_context(|| format!("cleaning up {}", config.bpffs_root.display()))?;
         println!("{report}");
@@ -32,7 +40,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
-        .block_on(run(config))
+        .block_on(run(config, mesh))
 }
 
 fn init_logging(filter: &str) {
@@ -72,11 +80,16 @@ impl StatusProvider for DatapathStatus {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, mesh: Option<axon_agent::mesh::MeshConfig>) -> anyhow::Result<()> {
     let started = Instant::now();
     let (dp, maps) = Datapath::load(&config.datapath).context("loading the datapath")?;
     tokio::spawn(datapath::run_ct_gc(config.bpffs_root.clone(), config.ct_gc_interval));
     let store = Store::open(&config.state_dir).context("opening the state store")?;
+    if let Some(mesh) = mesh {
+        let manager = axon_agent::mesh::MeshManager::start(mesh, &config.bpffs_root, &config.cgroup_root, &config.state_dir)
+            .context("starting mesh acceleration")?;
+        axon_agent::mesh::install(manager);
+    }
     let limits =
         Limits { max_backends_per_service: config.max_backends_per_service, nodeport_range: config.nodeport_range };
     let settings = LbSettings {
@@ -90,6 +103,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Start-up held every service three times (store, snapshot, model).
     axon_agent::memory::release_free_memory();
     tokio::spawn(axon_agent::health::run(manager.clone()));
+    let source = start_kubernetes(&config, &manager).await?;
+    axon_agent::identity::start(&config).await.context("starting security identities")?;
     let listener = api::bind(&config.api_socket)?;
     let state = Arc::new(ApiState {
         manager,
@@ -100,7 +115,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             cgroup_root: config.cgroup_root.display().to_string(),
             api_socket: config.api_socket.display().to_string(),
             state_dir: config.state_dir.display().to_string(),
-            source: "embedded store".to_string(),
+            source,
             ..Status::default()
         },
         started,
@@ -116,6 +131,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.api_socket);
     info!("axon-agent stopped; programs and maps stay pinned and keep serving");
     Ok(())
+}
+
+/// With Kubernetes configured, starts its source (Services come from the
+/// cluster; the embedded store keeps them across restarts). Answers the
+/// source's name for the status.
+async fn start_kubernetes(config: &Config, manager: &Arc<Mutex<ServiceManager>>) -> anyhow::Result<String> {
+    if !config.k8s_enabled {
+        return Ok("embedded store".to_string());
+    }
+    let client = axon_agent::k8s::connect(config.k8s_kubeconfig.as_deref()).await?;
+    let source_config = axon_agent::k8s::source::SourceConfig {
+        node_name: config.node_name.clone(),
+        proxy_name: config.k8s_service_proxy_name.clone(),
+        batch_delay: std::time::Duration::from_millis(20),
+    };
+    let manager = manager.clone();
+    tokio::spawn(async move {
+        if let Err(e) = axon_agent::k8s::source::run(client, manager, source_config).await {
+            tracing::error!(error = %e, "the Kubernetes source stopped");
+        }
+    });
+    Ok(match &config.k8s_kubeconfig {
+        Some(path) => format!("kubernetes (kubeconfig {})", path.display()),
+        None => "kubernetes (in-cluster)".to_string(),
+    })
 }
 
 async fn shutdown_signal() {

@@ -4,6 +4,7 @@
 //! service manager in step with the cluster ([`source`]).
 
 pub mod client;
+pub mod source;
 pub mod translate;
 
 pub use client::{connect, K8sError};
