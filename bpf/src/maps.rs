@@ -7,6 +7,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+/// Mesh acceleration (`bpf/lib/mesh_maps.h`).
+pub mod mesh;
+
 /// The ipcache: IP → security identity (`axon_ipcache`).
 pub mod ipcache;
 

@@ -47,3 +47,18 @@ pub const XDP_PROGRAM: &str = "xdp_nodeport";
 /// XDP_TX or redirect into a veth whose peer runs an XDP program, so this
 /// one goes on those peers.
 pub const XDP_PASS_PROGRAM: &str = "xdp_pass";
+
+/// `bpf/mesh.c`: mesh acceleration (sidecar capture, SO_ORIGINAL_DST,
+/// sockops + sk_msg bypass). Its maps are its own (`bpf/lib/mesh_maps.h`).
+pub static MESH: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh.o"));
+
+/// The cgroup programs in [`MESH`]: (function, section).
+pub const MESH_CGROUP_PROGRAMS: &[(&str, &str)] = &[
+    ("mesh4_connect", "cgroup/connect4"),
+    ("mesh6_connect", "cgroup/connect6"),
+    ("mesh_getsockopt", "cgroup/getsockopt"),
+    ("mesh_sockops", "sockops"),
+];
+
+/// The sk_msg program in [`MESH`], attached to `axon_mesh_sockhash`.
+pub const MESH_MSG_PROGRAM: &str = "mesh_msg";

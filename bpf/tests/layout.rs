@@ -457,3 +457,38 @@ fn metric_names_cover_every_counter() {
         [0, 1, 2, 3]
     );
 }
+
+/// The mesh object (`bpf/mesh.c`) has maps of its own (`lib/mesh_maps.h`):
+/// each struct and map agrees with `axon_bpf::maps::mesh`.
+#[test]
+fn mesh_maps_match_their_rust_mirrors() {
+    use axon_bpf::maps::mesh::{self, *};
+    let btf = btf_of(axon_bpf::objects::MESH);
+    check_struct!(
+        btf,
+        "mesh_pod",
+        MeshPod,
+        [proxy_uid, outbound_port, inbound_port, exclude_out, exclude_in, mode, flags, pad]
+    );
+    check_struct!(btf, "mesh_ip", MeshIp, [addr]);
+    check_struct!(btf, "mesh_pod_ref", MeshPodRef, [cgroup_id]);
+    check_struct!(btf, "mesh_cidr_key", MeshCidrKey, [prefixlen, pad, cgroup_id, addr]);
+    check_struct!(btf, "mesh_orig", MeshOrig, [addr, port, family, flags, pad]);
+    check_struct!(btf, "mesh_sock_key", MeshSockKey, [local, remote, local_port, remote_port, netns]);
+    let maps = btf.maps();
+    let sizes: BTreeMap<String, (usize, usize)> = maps.iter().map(|(n, (k, v, _))| (n.clone(), (*k, *v))).collect();
+    let expected: BTreeMap<String, (usize, usize)> = [
+        (mesh::names::PODS, size_of::<u64>(), size_of::<MeshPod>()),
+        (mesh::names::POD_IPS, size_of::<MeshIp>(), size_of::<MeshPodRef>()),
+        (mesh::names::EXCL_CIDRS, size_of::<MeshCidrKey>(), size_of::<u8>()),
+        (mesh::names::ORIG, size_of::<u64>(), size_of::<MeshOrig>()),
+        (mesh::names::PAIRS, size_of::<MeshSockKey>(), size_of::<MeshOrig>()),
+        (mesh::names::SOCKHASH, size_of::<MeshSockKey>(), size_of::<u32>()),
+        (mesh::names::METRICS, size_of::<u32>(), size_of::<u64>()),
+    ]
+    .into_iter()
+    .map(|(name, k, v)| (name.to_string(), (k, v)))
+    .collect();
+    assert_eq!(sizes, expected, "mesh maps: name -> (key size, value size)");
+    assert_eq!(maps[mesh::names::METRICS].2, mesh::metric::MAX, "axon_mesh_metrics entries");
+}

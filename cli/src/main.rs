@@ -3,6 +3,7 @@
 
 mod ct;
 mod lb;
+mod mesh;
 mod service;
 mod spec;
 mod status;
@@ -46,6 +47,9 @@ enum Command {
     Bpf(BpfCmd),
     /// Show what the agent loaded, where it is attached, and how full the maps are.
     Status,
+    /// Mesh acceleration: sidecar capture and sockmap bypass per pod or namespace.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bpf(BpfCmd::Ct(CtCmd::List)) => ct::list(&cli.bpffs_root, out),
         Command::Bpf(BpfCmd::Ct(CtCmd::Flush)) => ct::flush(&cli.bpffs_root, out),
         Command::Status => block_on(status::show(&client, out)),
+        Command::Mesh(cmd) => block_on(mesh::run(&client, cmd, out)),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod cgroup;
 pub mod check;
 pub mod client;
 pub mod error;
+pub mod mesh;
 pub mod etcd;
 pub mod kube;
 pub mod multinode;

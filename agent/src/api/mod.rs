@@ -174,6 +174,9 @@ async fn route(method: &Method, path: &str, body: Bytes, state: &Arc<ApiState>) 
             })
             .await
         }
+        _ if path == axon_api::mesh::paths::ROOT || path.starts_with("/v1/mesh/") => {
+            crate::mesh::api::route(method, path, body).await
+        }
         _ => match path.strip_prefix(paths::SERVICES).and_then(|rest| rest.strip_prefix('/')) {
             Some(id) => service_by_id(method, id, body, state).await,
             None => error_reply(StatusCode::NOT_FOUND, format!("no such API path: {method} {path}"), None),

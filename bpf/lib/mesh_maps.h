@@ -1,0 +1,154 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The maps of mesh acceleration (bpf/mesh.c) and the layout of their keys
+ * and values. Kept apart from maps.h so that only the mesh object creates
+ * them: the socket-LB and NodePort objects never own a sockhash.
+ *
+ * Every struct has a #[repr(C)] mirror in bpf/src/maps.rs, checked against
+ * this object's BTF by bpf/tests/layout.rs. Addresses are 16 bytes; IPv4 is
+ * stored v4-mapped (::ffff:a.b.c.d) so one key serves both families.
+ */
+#ifndef __AXON_MESH_MAPS_H
+#define __AXON_MESH_MAPS_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#define AXON_MESH_MODE_ISTIO   1
+#define AXON_MESH_MODE_LINKERD 2
+
+/* mesh_pod.flags */
+#define AXON_MESH_POD_BYPASS 0x01 /* put the pod's local socket pairs in the sockhash */
+
+#define AXON_MESH_MAX_PORTS 16
+
+/* axon_mesh_pods: cgroup id of an enabled pod -> how to capture its traffic.
+ * Ports are in host order; 0 ends a port list. */
+struct mesh_pod {
+	__u32 proxy_uid;     /* the sidecar's uid: its own connects are not captured */
+	__u16 outbound_port; /* 15001 (istio), 4140 (linkerd) */
+	__u16 inbound_port;  /* 15006 (istio), 4143 (linkerd) */
+	__u16 exclude_out[AXON_MESH_MAX_PORTS];
+	__u16 exclude_in[AXON_MESH_MAX_PORTS]; /* also the proxy's own admin ports */
+	__u8 mode;  /* AXON_MESH_MODE_* */
+	__u8 flags; /* AXON_MESH_POD_* */
+	__u8 pad[6];
+};
+
+/* axon_mesh_pod_ips: a pod address -> its cgroup id (inbound capture). */
+struct mesh_ip {
+	__u8 addr[16];
+};
+
+struct mesh_pod_ref {
+	__u64 cgroup_id;
+};
+
+/* axon_mesh_excl_cidrs (LPM): (pod cgroup id, destination) -> 1. The prefix
+ * covers pad and cgroup id (96 bits) plus the address prefix. */
+struct mesh_cidr_key {
+	__u32 prefixlen;
+	__u32 pad;
+	__u64 cgroup_id;
+	__u8 addr[16];
+};
+
+/* mesh_orig.flags */
+#define AXON_MESH_ORIG_OUTBOUND 0x01 /* captured to the pod's outbound port */
+#define AXON_MESH_ORIG_INBOUND  0x02 /* captured to the destination pod's inbound port */
+#define AXON_MESH_ORIG_LOCAL    0x04 /* not captured: the proxy forwarding to its own pod */
+#define AXON_MESH_ORIG_BYPASS   0x08 /* the pair goes into the sockhash */
+
+/* axon_mesh_orig (LRU): socket cookie of a connect() -> where it was headed.
+ * axon_mesh_pairs (LRU): the accepting side's view of that connection ->
+ * the same, which is what getsockopt(SO_ORIGINAL_DST) answers. */
+struct mesh_orig {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family; /* 4 or 6: the family of the connect() */
+	__u8 flags;  /* AXON_MESH_ORIG_* */
+	__u32 pad;
+};
+
+/* axon_mesh_sockhash key: one socket, seen from itself. netns is the
+ * socket's network namespace cookie for loopback pairs (127/8, ::1: the same
+ * tuple exists in every pod) and 0 for pod addresses (unique on a node). */
+struct mesh_sock_key {
+	__u8 local[16];
+	__u8 remote[16];
+	__u32 local_port;  /* host order */
+	__u32 remote_port; /* host order */
+	__u64 netns;
+};
+
+/* axon_mesh_metrics (per-CPU array) indices. */
+#define AXON_MESH_M_OUTBOUND     0 /* connects captured to the outbound port */
+#define AXON_MESH_M_INBOUND      1 /* connects captured to the inbound port */
+#define AXON_MESH_M_EXCLUDED     2 /* connects left alone by an exclusion */
+#define AXON_MESH_M_ORIG_DST     3 /* SO_ORIGINAL_DST answered */
+#define AXON_MESH_M_SOCK_ADDED   4 /* sockets put in the sockhash */
+#define AXON_MESH_M_SOCK_FAILED  5 /* sockhash inserts refused */
+#define AXON_MESH_M_REDIRECTED   6 /* messages redirected to the peer socket */
+#define AXON_MESH_M_PASSED       7 /* messages sent through the stack (no peer) */
+#define AXON_MESH_M_BYTES_REDIR  8 /* bytes redirected */
+#define AXON_MESH_M_MAX          16
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct mesh_pod);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct mesh_ip);
+	__type(value, struct mesh_pod_ref);
+	__uint(max_entries, 8192);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_pod_ips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct mesh_cidr_key);
+	__type(value, __u8);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_excl_cidrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct mesh_orig);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_orig SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct mesh_sock_key);
+	__type(value, struct mesh_orig);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_pairs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct mesh_sock_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_sockhash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, AXON_MESH_M_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_metrics SEC(".maps");
+
+#endif

@@ -1,0 +1,208 @@
+//! `mesh-app`: the application of a mesh lab pod, a real process in the
+//! pod's network namespace and cgroup (so the mesh hooks see its sockets).
+//!
+//! `mesh-app serve NAME PORT`: TCP on [::]:PORT (dual-stack); each connection
+//! gets `"NAME from PEER\n"` first, then everything it sends echoed back (the
+//! lab's backend protocol). `--http`: HTTP/1.1 keep-alive instead, every
+//! request answered `"NAME from PEER\n"` (for wrk).
+//! `mesh-app sink PORT`: reads and discards (message-size sweeps).
+//! `mesh-app probe ADDR COUNT BYTES`: COUNT connections, each reading the
+//! first line, sending BYTES and reading them back; one JSON `Attempt` line each.
+//!
+//! Reads retry on EAGAIN even on blocking sockets, as an event-driven app
+//! would: a socket in a sockhash may see a wakeup without data
+//! (tcp_bpf_recvmsg then answers EAGAIN to a blocking reader).
+
+use axon_lab::probe::{checksum, Attempt};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// `read` that waits again after a wakeup without data.
+fn read_retry(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match stream.read(buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                if Instant::now() >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("serve") if args.len() >= 4 => serve(&args[2], &args[3], args.iter().any(|a| a == "--http")),
+        Some("sink") if args.len() >= 3 => sink(&args[2]),
+        Some("probe") if args.len() >= 5 => probe(&args[2], &args[3], &args[4]),
+        _ => Err("usage: mesh-app serve NAME PORT [--http] | mesh-app sink PORT".to_string()),
+    };
+    if let Err(e) = result {
+        eprintln!("mesh-app: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn listen(port: &str) -> Result<TcpListener, String> {
+    let port: u16 = port.parse().map_err(|_| format!("bad port {port:?}"))?;
+    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))
+}
+
+fn serve(name: &str, port: &str, http: bool) -> Result<(), String> {
+    let listener = listen(port)?;
+    println!("ready");
+    for stream in listener.incoming().flatten() {
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            let _ = stream.set_nodelay(true);
+            let peer = stream.peer_addr().map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+            let line = match peer {
+                Ok(p) => format!("{name} from {p}\n"),
+                Err(_) => format!("{name} from ?\n"),
+            };
+            if http {
+                http_conn(stream, &line);
+            } else {
+                echo_conn(stream, &line);
+            }
+        });
+    }
+    Ok(())
+}
+
+fn echo_conn(mut stream: TcpStream, line: &str) {
+    if stream.write_all(line.as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = read_retry(&mut stream, &mut buf) {
+        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// Answers every request of a keep-alive connection (requests without a body).
+fn http_conn(mut stream: TcpStream, body: &str) {
+    let response =
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let mut buf = vec![0u8; 16384];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = match read_retry(&mut stream, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let close = {
+                let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                head.contains("connection: close") || (head.contains("http/1.0") && !head.contains("keep-alive"))
+            };
+            pending.drain(..end + 4);
+            if stream.write_all(response.as_bytes()).is_err() || close {
+                return;
+            }
+        }
+    }
+}
+
+fn sink(port: &str) -> Result<(), String> {
+    let listener = listen(port)?;
+    println!("ready");
+    for mut stream in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            while let Ok(n) = read_retry(&mut stream, &mut buf) {
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn probe(addr: &str, count: &str, bytes: &str) -> Result<(), String> {
+    let addr: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
+    let count: u32 = count.parse().map_err(|_| format!("bad count {count:?}"))?;
+    let bytes: usize = bytes.parse().map_err(|_| format!("bad byte count {bytes:?}"))?;
+    for seq in 0..count {
+        let attempt = one_probe(seq, addr, bytes);
+        println!("{}", serde_json::to_string(&attempt).map_err(|e| e.to_string())?);
+    }
+    Ok(())
+}
+
+fn one_probe(seq: u32, addr: SocketAddr, bytes: usize) -> Attempt {
+    let started = Instant::now();
+    let mut a = Attempt { seq, ..Attempt::default() };
+    let fail = |mut a: Attempt, stage: &str, e: std::io::Error| {
+        a.stage = Some(stage.into());
+        a.errno = e.raw_os_error();
+        a.error = Some(e.to_string());
+        a.micros = started.elapsed().as_micros() as u64;
+        a
+    };
+    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(s) => s,
+        Err(e) => return fail(a, "connect", e),
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    a.local = stream.local_addr().ok().map(|x| x.to_string());
+    a.peer = stream.peer_addr().ok().map(|x| x.to_string());
+    // The first line: "NAME from PEER".
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match read_retry(&mut stream, &mut byte) {
+            Ok(0) => return fail(a, "reply", ErrorKind::UnexpectedEof.into()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return fail(a, "reply", e),
+        }
+    }
+    let text = String::from_utf8_lossy(&line).trim().to_string();
+    match text.split_once(" from ") {
+        Some((name, peer)) => {
+            a.answer = Some(name.to_string());
+            a.seen_from = Some(peer.to_string());
+        }
+        None => a.answer = Some(text),
+    }
+    let payload: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    a.sent_bytes = Some(bytes as u64);
+    a.sent_sum = Some(checksum(&payload));
+    let writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => return fail(a, "send", e),
+    };
+    // Write from a thread: a large payload echoes back while it is sent.
+    let sender = std::thread::spawn(move || {
+        let mut w = writer;
+        w.write_all(&payload)
+    });
+    let mut echoed = vec![0u8; bytes];
+    let mut got = 0;
+    while got < bytes {
+        match read_retry(&mut stream, &mut echoed[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return fail(a, "recv", e),
+        }
+    }
+    if let Ok(Err(e)) = sender.join() {
+        return fail(a, "send", e);
+    }
+    a.recv_bytes = Some(got as u64);
+    a.recv_sum = Some(checksum(&echoed[..got]));
+    a.echo_ok = Some(got == bytes && a.recv_sum == a.sent_sum);
+    a.ok = a.echo_ok == Some(true);
+    a.micros = started.elapsed().as_micros() as u64;
+    a
+}
