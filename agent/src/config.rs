@@ -126,6 +126,19 @@ pub struct Flags {
     /// Serve only Services labelled service.kubernetes.io/service-proxy-name=NAME [default: only unlabelled ones].
     #[arg(long)]
     pub k8s_service_proxy_name: Option<String>,
+    /// Where security identities are allocated: embedded (this node only), crd (AxonIdentity objects) or
+    /// kvstore (etcd) [default: embedded].
+    #[arg(long)]
+    pub identity_allocation_mode: Option<String>,
+    /// Identity numbers to allocate from, MIN-MAX [default: 256-65535].
+    #[arg(long)]
+    pub identity_range: Option<String>,
+    /// etcd client URLs for --identity-allocation-mode kvstore, comma-separated.
+    #[arg(long)]
+    pub kvstore_endpoints: Option<String>,
+    /// Seconds this node's etcd lease (and so its identity references) outlives it [default: 15].
+    #[arg(long)]
+    pub kvstore_lease_ttl: Option<u64>,
     /// Detach every program and remove every pin under --bpffs-root, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -166,6 +179,10 @@ pub struct FileConfig {
     pub k8s_enabled: Option<bool>,
     pub k8s_kubeconfig: Option<PathBuf>,
     pub k8s_service_proxy_name: Option<String>,
+    pub identity_allocation_mode: Option<String>,
+    pub identity_range: Option<String>,
+    pub kvstore_endpoints: Option<String>,
+    pub kvstore_lease_ttl: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +211,8 @@ pub struct Config {
     pub k8s_kubeconfig: Option<PathBuf>,
     /// The service-proxy-name label value this agent serves (None: only unlabelled Services).
     pub k8s_service_proxy_name: Option<String>,
+    /// Security identities: allocation mode, range, etcd.
+    pub identity: crate::identity::IdentityConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +235,8 @@ impl Config {
         let k8s_kubeconfig = flags.k8s_kubeconfig.clone().or(file.k8s_kubeconfig.clone());
         let k8s_enabled = flags.k8s_enabled.or(file.k8s_enabled).unwrap_or(k8s_kubeconfig.is_some());
         let k8s_service_proxy_name = flags.k8s_service_proxy_name.clone().or(file.k8s_service_proxy_name.clone());
+        let identity = crate::identity::IdentityConfig::from_settings(flags, &file_for_datapath)
+            .map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         let cgroup_root = match flags.cgroup_root.clone().or(file.cgroup_root) {
             Some(p) => p,
             None if flags.cleanup => PathBuf::new(),
@@ -266,6 +287,7 @@ impl Config {
             k8s_enabled,
             k8s_kubeconfig,
             k8s_service_proxy_name,
+            identity,
         };
         config.datapath = datapath_config(flags, &file_for_datapath, &config)?;
         config.validate()?;

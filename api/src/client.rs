@@ -87,7 +87,8 @@ impl Client {
         self.call(Method::GET, paths::STATUS, None::<&()>).await
     }
 
-    async fn call<T: DeserializeOwned, B: Serialize>(
+    /// One typed request: the body as JSON, a non-2xx answer as [`ClientError::Api`].
+    pub async fn call<T: DeserializeOwned, B: Serialize>(
         &self,
         method: Method,
         path: &str,

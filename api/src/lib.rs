@@ -3,6 +3,7 @@
 //! small HTTP-over-unix-socket client used by `agentctl` and the tests.
 
 pub mod client;
+pub mod identity;
 pub mod mesh;
 pub mod model;
 pub mod status;

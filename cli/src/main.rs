@@ -2,6 +2,7 @@
 //! and for the BPF maps it pins (read directly). Shaped after `cilium`.
 
 mod ct;
+mod identity;
 mod lb;
 mod mesh;
 mod service;
@@ -47,6 +48,12 @@ enum Command {
     Bpf(BpfCmd),
     /// Show what the agent loaded, where it is attached, and how full the maps are.
     Status,
+    /// Security identities (numeric ids for label sets).
+    #[command(subcommand, visible_alias = "id")]
+    Identity(identity::IdentityCmd),
+    /// This node's endpoints (pods) and their identities.
+    #[command(subcommand, visible_alias = "ep")]
+    Endpoint(identity::EndpointCmd),
     /// Mesh acceleration: sidecar capture and sockmap bypass per pod or namespace.
     #[command(subcommand)]
     Mesh(mesh::MeshCmd),
@@ -141,6 +148,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bpf(BpfCmd::Ct(CtCmd::List)) => ct::list(&cli.bpffs_root, out),
         Command::Bpf(BpfCmd::Ct(CtCmd::Flush)) => ct::flush(&cli.bpffs_root, out),
         Command::Status => block_on(status::show(&client, out)),
+        Command::Identity(cmd) => block_on(identity::run_identity(&client, cmd, out)),
+        Command::Endpoint(cmd) => block_on(identity::run_endpoint(&client, cmd, out)),
         Command::Mesh(cmd) => block_on(mesh::run(&client, cmd, out)),
     }
 }

@@ -49,6 +49,14 @@ pub mod keys {
     pub const ENDPOINTSLICE_SERVICE_NAME: &str = "kubernetes.io/service-name";
     /// Namespace or pod label turning sidecar acceleration on (`enabled`) or off (`disabled`).
     pub const MESH_ACCELERATION: &str = "axon.io/mesh-acceleration";
+    /// AxonIdentity annotation: `pending` (created, not yet usable), `confirmed` (the label set's one
+    /// identity); absent means confirmed. Only confirmed identities are used; see the agent's
+    /// `identity::crd` for the protocol. A garbage collector may delete pending objects older than a minute.
+    pub const IDENTITY_STATE: &str = "axon.io/identity-state";
+    /// AxonIdentity label: a digest of the label set, so a list can select one label set's objects.
+    pub const IDENTITY_LABELS_DIGEST: &str = "axon.io/identity-labels";
+    /// AxonIdentity annotation: the node that created it.
+    pub const IDENTITY_OWNER: &str = "axon.io/identity-owner";
 }
 
 /// Every CRD Axon installs, as the objects the operator applies.

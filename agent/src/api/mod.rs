@@ -174,6 +174,7 @@ async fn route(method: &Method, path: &str, body: Bytes, state: &Arc<ApiState>) 
             })
             .await
         }
+        _ if crate::identity::api::owns(path) => crate::identity::api::route(method, path, body).await,
         _ if path == axon_api::mesh::paths::ROOT || path.starts_with("/v1/mesh/") => {
             crate::mesh::api::route(method, path, body).await
         }
