@@ -9,6 +9,7 @@ use axon_lab::kube::KubeCluster;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The values quick-install.yaml is rendered with (the chart's defaults plus these).
 const QUICK_INSTALL_VALUES: &str =
@@ -146,6 +147,8 @@ fn chart_installs_on_a_real_apiserver_and_quick_install_is_in_sync() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("k8sServiceHost"), "{bad:?}");
     let bad = helm_install(&kube, "axon-bad", "axon-bad2", r#"{"loadBalancer": {"mode": "nat"}}"#);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("loadBalancer.mode"), "{bad:?}");
+    let bad = helm_install(&kube, "axon-bad", "axon-bad3", r#"{"socketLB": {"enabled": false}}"#);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("socketLB.enabled"), "{bad:?}");
     let leftovers = kube.kubectl(&["get", "daemonsets,deployments", "-n", "axon-bad", "-o", "name"]).expect("kubectl");
     assert!(leftovers.stdout.trim().is_empty(), "a failed install left objects: {leftovers}");
 
@@ -332,4 +335,126 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(&path, to.join(entry.file_name())).expect("copy chart file");
         }
     }
+}
+
+/// Runs a command inside `ns` (setns between fork and exec).
+fn in_netns(ns: &axon_lab::netns::Netns, program: &Path, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let fd = ns.raw_fd();
+    // SAFETY: setns and prctl only, between fork and exec; the fd stays open until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn nat_rules(ns: &axon_lab::netns::Netns) -> String {
+    let out = in_netns(ns, Path::new("iptables-save"), &["-t", "nat"]).output().expect("iptables-save");
+    assert!(out.status.success(), "iptables-save: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Step 5 of the migration in docs/install.md, with the real kube-proxy 1.20.2 in a namespace standing for a
+/// node: its iptables rules outlive its process (deleting the DaemonSet is not enough), and its own
+/// `--cleanup` removes them.
+#[test]
+fn kube_proxy_cleanup_removes_the_rules_its_deleted_daemonset_left() {
+    let kube = KubeCluster::start().expect("kube-apiserver");
+    let node = axon_lab::netns::Netns::new("kp-node").expect("netns");
+    let ip = Path::new("ip");
+    let up = in_netns(&node, ip, &["link", "set", "lo", "up"]).status().expect("ip link");
+    assert!(up.success());
+    // The node's loopback forwards the apiserver's port to the host's apiserver, so the test kubeconfig
+    // (https://127.0.0.1:PORT) works unchanged inside the namespace, TLS end to end.
+    let port: u16 = kube.server().rsplit(':').next().and_then(|p| p.parse().ok()).expect("apiserver port");
+    let listener =
+        node.run(|| std::net::TcpListener::bind(("127.0.0.1", port))).expect("netns thread").expect("bind forwarder");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { continue };
+            let (Ok(c2), Ok(u2)) = (conn.try_clone(), upstream.try_clone()) else { continue };
+            std::thread::spawn(move || relay(conn, upstream));
+            std::thread::spawn(move || relay(u2, c2));
+        }
+    });
+    kube.apply(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: kp-node}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\n\
+         spec: {clusterIP: 10.96.77.77, ports: [{name: http, port: 80, targetPort: 8080, protocol: TCP}]}\n---\n\
+         apiVersion: v1\nkind: Endpoints\nmetadata: {name: web, namespace: default}\n\
+         subsets: [{addresses: [{ip: 10.244.1.5}], ports: [{name: http, port: 8080, protocol: TCP}]}]\n",
+    )
+    .expect("service and endpoints");
+
+    let bin = axon_lab::kube::kube_bin("kube-proxy").expect("kube-proxy (make kube)");
+    let kubeconfig = format!("--kubeconfig={}", kube.kubeconfig().display());
+    let log = std::env::temp_dir().join(format!("axon-kube-proxy-{}.log", std::process::id()));
+    let log_file = std::fs::File::create(&log).expect("kube-proxy log");
+    let mut proxy = in_netns(
+        &node,
+        &bin,
+        &[
+            &kubeconfig,
+            "--proxy-mode=iptables",
+            "--hostname-override=kp-node",
+            "--cluster-cidr=10.244.0.0/16",
+            "--feature-gates=EndpointSliceProxying=false",
+            "--conntrack-max-per-core=0",
+            "--conntrack-tcp-timeout-established=0",
+            "--conntrack-tcp-timeout-close-wait=0",
+        ],
+    )
+    .stdout(log_file.try_clone().expect("fd"))
+    .stderr(log_file)
+    .spawn()
+    .expect("start kube-proxy");
+    let start = Instant::now();
+    let rules = loop {
+        let rules = nat_rules(&node);
+        if rules.contains("KUBE-SVC-") && rules.contains("10.96.77.77/32") && rules.contains("10.244.1.5:8080") {
+            break rules;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = proxy.kill();
+            panic!("kube-proxy did not program the service: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(rules.contains(":KUBE-SERVICES"), "{rules}");
+
+    // "kubectl delete ds kube-proxy": the process goes, its rules stay.
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let left = nat_rules(&node);
+    assert!(left.contains("KUBE-SVC-") && left.contains("10.96.77.77/32"), "rules vanished with the process: {left}");
+
+    let out = in_netns(&node, &bin, &["--cleanup"]).output().expect("kube-proxy --cleanup");
+    if !out.status.success() {
+        // --cleanup also clears IPVS state, which needs the ipset tool; a node that never ran IPVS mode may not
+        // have it, and kube-proxy then exits 1 after removing its iptables rules (docs/install.md says so).
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with('E')).collect();
+        let has_ipset = Command::new("sh").args(["-c", "command -v ipset"]).output().is_ok_and(|o| o.status.success());
+        assert!(
+            !has_ipset && !errors.is_empty() && errors.iter().all(|l| l.contains("ipset")),
+            "kube-proxy --cleanup failed for another reason than a missing ipset tool:\n{stderr}"
+        );
+    }
+    let after = nat_rules(&node);
+    for chain in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-SVC-", "KUBE-SEP-", "KUBE-POSTROUTING", "10.96.77.77"] {
+        assert!(!after.contains(chain), "{chain} survived kube-proxy --cleanup:\n{after}");
+    }
+    let _ = std::fs::remove_file(&log);
+}
+
+fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }

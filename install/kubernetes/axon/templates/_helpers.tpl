@@ -14,6 +14,9 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version | replace "+" "_" }}
 {{- if and .Values.kubeProxyReplacement (not .Values.k8sServiceHost) -}}
 {{- fail "kubeProxyReplacement=true needs k8sServiceHost (and k8sServicePort): without kube-proxy the agent cannot reach the apiserver through its ClusterIP" -}}
 {{- end -}}
+{{- if not .Values.socketLB.enabled -}}
+{{- fail "socketLB.enabled=false is not supported: socket-LB is how the agent serves ClusterIP Services (it has no per-packet ClusterIP path)" -}}
+{{- end -}}
 {{- if not (has .Values.identityAllocationMode (list "crd" "kvstore")) -}}
 {{- fail (printf "identityAllocationMode must be crd or kvstore, got %q" .Values.identityAllocationMode) -}}
 {{- end -}}
