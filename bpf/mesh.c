@@ -113,7 +113,7 @@ static __always_inline int port_listed(const __u16 *ports, __u16 port)
 
 static __always_inline int cidr_excluded(__u64 cgroup_id, const __u8 *addr)
 {
-	struct mesh_cidr_key key = {.prefixlen = 64 + 64 + 128, .cgroup_id = cgroup_id};
+	struct mesh_cidr_key key = {.prefixlen = 32 + 64 + 128, .cgroup_id = cgroup_id};
 	__builtin_memcpy(key.addr, addr, 16);
 	return bpf_map_lookup_elem(&axon_mesh_excl_cidrs, &key) != 0;
 }
@@ -143,11 +143,15 @@ static __always_inline enum capture decide(void *ctx, const __u8 *addr, __be16 p
 	if (is_loopback(addr))
 		return CAPTURE_NONE;
 
+	/* An excluded outbound destination skips the pod's own sidecar only:
+	 * the destination pod may still capture it inbound, as with iptables. */
+	int excluded = 0;
 	if (cur && cur->proxy_uid != uid) {
-		if (port_listed(cur->exclude_out, hport) || cidr_excluded(cur_id, addr)) {
+		excluded = port_listed(cur->exclude_out, hport) || cidr_excluded(cur_id, addr);
+		if (excluded)
 			count(AXON_MESH_M_EXCLUDED, 1);
-			return CAPTURE_NONE;
-		}
+	}
+	if (cur && cur->proxy_uid != uid && !excluded) {
 		orig->flags = AXON_MESH_ORIG_OUTBOUND;
 		if (cur->flags & AXON_MESH_POD_BYPASS)
 			orig->flags |= AXON_MESH_ORIG_BYPASS;

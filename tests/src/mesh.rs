@@ -452,6 +452,13 @@ impl MeshLab {
             .collect()
     }
 
+    /// Starts `mesh-app <args>` as pod `i`'s app (stdout piped: [`LabProcess::wait_output`]).
+    pub fn spawn_app(&self, i: usize, args: &[&str]) -> Result<LabProcess> {
+        let mut cmd = Command::new(bins::binary("mesh-app")?);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        LabProcess::spawn(cmd, &format!("mesh-app {args:?}"), self.netns(i), &self.pods[i].cgroup, None)
+    }
+
     /// Where `lab-client` runs as pod `i`'s app.
     pub fn place(&self, i: usize) -> Place<'_> {
         Place::new(self.netns(i), Some(&self.pods[i].cgroup))

@@ -62,3 +62,137 @@ fn envoy_to_envoy_with_capture_and_bypass() {
     assert!(c.messages_redirected > 0 && c.bytes_redirected > 26 * 2 * 100, "{c:?}");
     assert_eq!(c.sockhash_insert_failures, 0, "{c:?}");
 }
+
+/// Requests from pod a to pod b's `port`: through which sidecars did they go?
+/// Returns the address pod b's app saw.
+fn seen_by_b(lab: &MeshLab, port: u16, v6: bool) -> std::net::IpAddr {
+    let to = lab.pod(1).addr(v6, port);
+    let attempts = lab.probe(0, to, 1, 64).expect("probe");
+    let a = &attempts[0];
+    assert!(a.ok && a.echo_ok == Some(true), "request to {to}: {a:?}");
+    a.seen_ip().expect("the app reports its peer")
+}
+
+#[test]
+fn exclusions_toggle_under_load_and_disable() {
+    let mut lab = MeshLab::new("mesh-toggle", MeshFlavor::Istio, &[]).expect("lab");
+    lab.start_pods(false).expect("pods");
+    let _extra = [9090u16, 9191].map(|port| lab.serve(1, port, false).expect("extra app port"));
+    let (a4, b4, b6) = (lab.pod(0).ipv4(), lab.pod(1).ipv4(), lab.pod(1).ipv6());
+    lab.enable_pod(
+        0,
+        &[
+            ("traffic.sidecar.istio.io/excludeOutboundPorts", "9090"),
+            ("traffic.sidecar.istio.io/excludeOutboundIPRanges", "fd77::b/128"),
+        ],
+    )
+    .expect("enable a");
+    lab.enable_pod(1, &[("traffic.sidecar.istio.io/excludeInboundPorts", "9191")]).expect("enable b");
+
+    // Both sidecars: b's app sees b's own Envoy.
+    assert_eq!(seen_by_b(&lab, APP_PORT, false), b4);
+    // Outbound port excluded at a: a's Envoy is skipped, b still captures inbound.
+    let out_before = lab.sidecars[0].wait_log_lines("outbound", 1, Duration::from_secs(3)).len();
+    assert_eq!(seen_by_b(&lab, 9090, false), b4);
+    // Inbound port excluded at b: a's Envoy connects straight to b's app.
+    assert_eq!(seen_by_b(&lab, 9191, false), a4);
+    // Outbound range excluded at a (b's IPv6 address): b still captures.
+    assert_eq!(seen_by_b(&lab, APP_PORT, true), b6);
+    let out_lines = lab.sidecars[0].wait_log_lines("outbound", out_before + 1, Duration::from_secs(3));
+    assert!(
+        out_lines.iter().all(|l| !l.contains(":9090 ") && !l.contains("[fd77::b]")),
+        "excluded destinations never reach a's Envoy: {out_lines:?}"
+    );
+    assert!(out_lines.iter().any(|l| l.contains(":9191 ")), "{out_lines:?}");
+    let st = lab.status().expect("status");
+    assert!(st.counters.excluded >= 3, "{:?}", st.counters);
+
+    // Toggle pod a and its namespace while connections keep coming: nothing is lost.
+    let to = lab.pod(1).addr(false, APP_PORT).to_string();
+    let load = lab.spawn_app(0, &["probe", &to, "150", "2000"]).expect("load");
+    let chat = lab.spawn_app(0, &["chat", &to, "3000"]).expect("long-lived connection");
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(150));
+        let verb = if round % 2 == 0 { "disable" } else { "enable" };
+        lab.agentctl_ok(&["mesh", verb, "--pod", "default/pod-a"]).expect("toggle pod");
+        lab.agentctl_ok(&["mesh", verb, "--namespace", "default"]).expect("toggle namespace");
+    }
+    let attempts: Vec<Attempt> = load
+        .wait_output(Duration::from_secs(60))
+        .expect("load ran")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("attempt line"))
+        .collect();
+    assert_eq!(attempts.len(), 150);
+    let failed: Vec<&Attempt> = attempts.iter().filter(|a| !a.ok || a.answer.as_deref() != Some("pod-b")).collect();
+    assert!(failed.is_empty(), "requests lost while toggling: {failed:?}");
+    let chat: serde_json::Value =
+        serde_json::from_str(chat.wait_output(Duration::from_secs(30)).expect("chat ran").trim()).expect("chat line");
+    assert_eq!(chat["failed"], 0, "the open connection survived every toggle: {chat}");
+    assert!(chat["round_trips"].as_u64().unwrap_or(0) > 50, "{chat}");
+
+    // Disabled: a is back on the plain path (b, still enabled, captures inbound);
+    // both disabled: app to app, no sidecar at all.
+    lab.agentctl_ok(&["mesh", "disable", "--pod", "default/pod-a"]).expect("disable a");
+    let st = lab.status().expect("status");
+    let a = st.pods.iter().find(|p| p.name == "pod-a").expect("pod a listed");
+    assert!(!a.accelerated, "{st:?}");
+    let out_now = lab.sidecars[0].wait_log_lines("outbound", 0, Duration::ZERO).len();
+    assert_eq!(seen_by_b(&lab, APP_PORT, false), b4);
+    lab.agentctl_ok(&["mesh", "disable", "--pod", "default/pod-b"]).expect("disable b");
+    assert_eq!(seen_by_b(&lab, APP_PORT, false), a4, "plain path once both are off");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        lab.sidecars[0].wait_log_lines("outbound", 0, Duration::ZERO).len(),
+        out_now,
+        "a disabled pod's app no longer goes through its sidecar"
+    );
+}
+
+#[test]
+fn agent_restart_keeps_accelerated_connections() {
+    let mut lab = MeshLab::new("mesh-restart", MeshFlavor::Istio, &[]).expect("lab");
+    lab.start_pods(false).expect("pods");
+    lab.enable_pod(0, &[]).expect("enable a");
+    lab.enable_pod(1, &[]).expect("enable b");
+    let to = lab.pod(1).addr(false, APP_PORT).to_string();
+    let chat = lab.spawn_app(0, &["chat", &to, "4000"]).expect("long-lived connection");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = lab.status().expect("status").counters;
+    lab.agent.restart().expect("restart the agent");
+    // New connections after the restart: captured and bypassed, no EBUSY.
+    assert_eq!(seen_by_b(&lab, APP_PORT, false), lab.pod(1).ipv4());
+    let chat: serde_json::Value =
+        serde_json::from_str(chat.wait_output(Duration::from_secs(30)).expect("chat ran").trim()).expect("chat line");
+    assert_eq!(chat["failed"], 0, "the accelerated connection outlived the agent restart: {chat}");
+    let after = lab.status().expect("status after restart");
+    assert!(after.pods.iter().all(|p| p.accelerated), "{after:?}");
+    let c = after.counters;
+    assert!(c.messages_redirected > before.messages_redirected, "the bypass kept working: {before:?} → {c:?}");
+    assert!(c.sockets_bypassed >= before.sockets_bypassed + 6, "{c:?}");
+    assert_eq!(c.sockhash_insert_failures, 0, "{c:?}");
+}
+
+#[test]
+fn linkerd_mode_with_haproxy_sidecars() {
+    let mut lab = MeshLab::new("mesh-linkerd", MeshFlavor::Linkerd, &[]).expect("lab");
+    lab.start_pods(false).expect("pods");
+    lab.enable_pod(0, &[("config.linkerd.io/skip-outbound-ports", "9090")]).expect("enable a");
+    lab.enable_pod(1, &[]).expect("enable b");
+    let _extra = lab.serve(1, 9090, false).expect("extra port");
+    let attempts = lab.probe(0, lab.pod(1).addr(false, APP_PORT), 10, 30_000).expect("probe");
+    for a in &attempts {
+        assert!(a.ok && a.answer.as_deref() == Some("pod-b"), "{a:?}");
+        assert_eq!(a.peer.as_deref(), Some("127.0.0.1:4140"), "captured to the outbound port: {a:?}");
+        assert_eq!(a.seen_ip(), Some(lab.pod(1).ipv4()), "through b's proxy: {a:?}");
+    }
+    let st = lab.status().expect("status");
+    assert_eq!((st.mode.as_str(), st.outbound_port, st.inbound_port, st.proxy_uid), ("linkerd", 4140, 4143, 2102));
+    let c = &st.counters;
+    assert!(c.captured_outbound >= 10 && c.captured_inbound >= 10 && c.original_dst_answered >= 20, "{c:?}");
+    // skip-outbound-ports: a's proxy is bypassed, b's still captures.
+    let skip = lab.probe(0, lab.pod(1).addr(false, 9090), 1, 10).expect("probe");
+    // Not captured outbound: straight to b's address, where b's inbound port takes it.
+    assert_eq!(skip[0].peer.as_deref(), Some(&*lab.pod(1).addr(false, 4143).to_string()), "{skip:?}");
+    assert_eq!(skip[0].seen_ip(), Some(lab.pod(1).ipv4()), "{skip:?}");
+}

@@ -6,6 +6,8 @@
 //! lab's backend protocol). `--http`: HTTP/1.1 keep-alive instead, every
 //! request answered `"NAME from PEER\n"` (for wrk).
 //! `mesh-app sink PORT`: reads and discards (message-size sweeps).
+//! `mesh-app chat ADDR MILLIS`: one connection kept for MILLIS, a 100-byte
+//! echo every 10 ms; prints `{"round_trips":N,"failed":M,"error":...}`.
 //! `mesh-app probe ADDR COUNT BYTES`: COUNT connections, each reading the
 //! first line, sending BYTES and reading them back; one JSON `Attempt` line each.
 //!
@@ -40,6 +42,7 @@ fn main() {
         Some("serve") if args.len() >= 4 => serve(&args[2], &args[3], args.iter().any(|a| a == "--http")),
         Some("sink") if args.len() >= 3 => sink(&args[2]),
         Some("probe") if args.len() >= 5 => probe(&args[2], &args[3], &args[4]),
+        Some("chat") if args.len() >= 4 => chat(&args[2], &args[3]),
         _ => Err("usage: mesh-app serve NAME PORT [--http] | mesh-app sink PORT".to_string()),
     };
     if let Err(e) = result {
@@ -205,4 +208,53 @@ fn one_probe(seq: u32, addr: SocketAddr, bytes: usize) -> Attempt {
     a.ok = a.echo_ok == Some(true);
     a.micros = started.elapsed().as_micros() as u64;
     a
+}
+
+fn chat(addr: &str, millis: &str) -> Result<(), String> {
+    let addr: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
+    let millis: u64 = millis.parse().map_err(|_| format!("bad duration {millis:?}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut byte = [0u8; 1];
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        match read_retry(&mut stream, &mut byte) {
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => return Err("closed before the first line".into()),
+            Err(e) => return Err(format!("first line: {e}")),
+        }
+    }
+    let end = Instant::now() + Duration::from_millis(millis);
+    let (mut round_trips, mut failed, mut error) = (0u64, 0u64, String::new());
+    let mut seq = 0u8;
+    while Instant::now() < end {
+        seq = seq.wrapping_add(1);
+        let msg = [seq; 100];
+        let mut back = [0u8; 100];
+        let mut got = 0;
+        let result = stream.write_all(&msg).and_then(|()| {
+            while got < back.len() {
+                match read_retry(&mut stream, &mut back[got..])? {
+                    0 => return Err(ErrorKind::UnexpectedEof.into()),
+                    n => got += n,
+                }
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) if back == msg => round_trips += 1,
+            Ok(()) => {
+                failed += 1;
+                error = "echo differs".into();
+            }
+            Err(e) => {
+                failed += 1;
+                error = e.to_string();
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("{}", serde_json::json!({"round_trips": round_trips, "failed": failed, "error": error}));
+    Ok(())
 }
