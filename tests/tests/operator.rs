@@ -199,6 +199,14 @@ const IPAM_FLAGS: &[&str] = &[
 #[test]
 fn two_replicas_one_leader_failover_and_stable_pod_cidrs() {
     let kube = KubeCluster::start().expect("kube-apiserver");
+    // An older AxonNode CRD, as an earlier release (or a hand) left it: the leader must upgrade it in place.
+    kube.apply(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: axonnodes.axon.io}\n\
+         spec:\n  group: axon.io\n  scope: Cluster\n  names: {kind: AxonNode, plural: axonnodes, singular: axonnode}\n\
+         \x20 versions:\n  - name: v1alpha1\n    served: true\n    storage: true\n\
+         \x20   schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, properties: {old: {type: string}}}}}}\n",
+    )
+    .expect("old CRD");
     let mut a = Operator::start(&kube, "op-a", IPAM_FLAGS);
     let mut b = Operator::start(&kube, "op-b", IPAM_FLAGS);
 
@@ -215,9 +223,13 @@ fn two_replicas_one_leader_failover_and_stable_pod_cidrs() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    // The leader installed the CRDs.
+    // The leader installed the CRDs, upgrading the old one to the current schema.
     let crd = get_json(&kube, &["crd", "axonnodes.axon.io"]);
-    assert_eq!(crd["spec"]["group"], "axon.io");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert!(spec["podCidrs"].is_object(), "the AxonNode CRD was not upgraded: {crd}");
+    assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object(), "{crd}");
+    let crd = get_json(&kube, &["crd", "axonidentities.axon.io"]);
+    assert_eq!(crd["spec"]["names"]["kind"], "AxonIdentity");
 
     create_nodes(&kube, &["node-1", "node-2", "node-3"]);
     let before = wait_allocated(&kube, &["node-1", "node-2", "node-3"]);
