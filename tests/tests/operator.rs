@@ -91,6 +91,11 @@ impl Operator {
         resp.starts_with("HTTP/1.0 200").then(|| resp.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
     }
 
+    /// The exit status once the process has ended by itself.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -198,7 +203,7 @@ const IPAM_FLAGS: &[&str] = &[
 
 #[test]
 fn two_replicas_one_leader_failover_and_stable_pod_cidrs() {
-    let kube = KubeCluster::start().expect("kube-apiserver");
+    let mut kube = KubeCluster::start().expect("kube-apiserver");
     // An older AxonNode CRD, as an earlier release (or a hand) left it: the leader must upgrade it in place.
     kube.apply(
         "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: axonnodes.axon.io}\n\
@@ -278,6 +283,24 @@ fn two_replicas_one_leader_failover_and_stable_pod_cidrs() {
     assert_eq!(after["node-4"], before["node-2"], "node-4 should reuse node-2's released CIDRs");
     assert_eq!(after["node-1"], before["node-1"]);
     assert_eq!(after["node-3"], before["node-3"]);
+
+    // Cut off from the apiserver, the leader cannot renew: it must stop acting (exit) within the renew
+    // deadline, before its lease could expire for anyone else. The standby keeps trying, and leads once the
+    // apiserver is back.
+    let (leader, standby) = if alive.id == "op-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    kube.stop_apiserver();
+    let cut = Instant::now();
+    let status = wait_for("the cut-off leader to stop", Duration::from_secs(10), || leader.exited());
+    assert!(!status.success(), "a leader that lost its lease must exit with an error");
+    assert!(cut.elapsed() < Duration::from_secs(LEASE_SECS + 1), "it stopped after {:?}", cut.elapsed());
+    assert!(leader.logs().contains("lost leadership"), "{}", leader.logs());
+    assert!(standby.exited().is_none(), "the standby must keep waiting: {}", standby.logs());
+    kube.start_apiserver().expect("apiserver back");
+    let standby_id = standby.id.clone();
+    wait_for("the standby to lead after the outage", Duration::from_secs(30), || {
+        lease_holder(&kube).filter(|h| *h == standby_id && standby.healthz().as_deref() == Some("ok leader"))
+    });
+    assert_eq!(pod_cidrs(&kube), after, "pod CIDRs moved across the outage");
 }
 
 fn identity_yaml(id: u32, labels: &[(&str, &str)]) -> String {
