@@ -162,7 +162,109 @@ fn chart_installs_on_a_real_apiserver_and_quick_install_is_in_sync() {
     check_daemonset(&kube);
     check_operator(&kube);
     check_rbac(&kube);
+    check_operator_runs_with_its_rbac(&kube);
     check_upgrade_to_kvstore_and_mesh(&kube);
+}
+
+/// A copy of the test kubeconfig that acts as `user` (impersonation by the admin), so a process using it has
+/// exactly the permissions RBAC grants that user.
+fn kubeconfig_as(kube: &KubeCluster, user: &str, path: &Path) {
+    let text = std::fs::read_to_string(kube.kubeconfig()).expect("read kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    let users = config["users"].as_sequence_mut().expect("users in kubeconfig");
+    for u in users {
+        u["user"]["as"] = serde_yaml::Value::from(user);
+    }
+    std::fs::write(path, serde_yaml::to_string(&config).expect("yaml")).expect("write kubeconfig");
+}
+
+/// Kills a child process on drop (and with the test thread: PR_SET_PDEATHSIG).
+struct Reaped(std::process::Child, PathBuf);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if std::thread::panicking() {
+            eprintln!("--- {}:\n{}", self.1.display(), std::fs::read_to_string(&self.1).unwrap_or_default());
+        }
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The operator, holding only the chart's RBAC (its ServiceAccount, impersonated), does all of its work:
+/// applies the CRDs, takes its Lease, allocates a Node's pod CIDR, collects an unused identity.
+fn check_operator_runs_with_its_rbac(kube: &KubeCluster) {
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir();
+    let kubeconfig = dir.join(format!("axon-operator-sa-{}.kubeconfig", std::process::id()));
+    let _rm = RemoveDir(kubeconfig.clone());
+    kubeconfig_as(kube, "system:serviceaccount:kube-system:axon-operator", &kubeconfig);
+    // The impersonation is in force: this kubeconfig cannot read secrets.
+    let kubectl = axon_lab::kube::kube_bin("kubectl").expect("kubectl");
+    let denied = Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "secrets", "-n", "kube-system"])
+        .output()
+        .expect("kubectl");
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("forbidden"), "{denied:?}");
+    let health = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let log = dir.join(format!("axon-operator-sa-{}.log", std::process::id()));
+    let log_file = std::fs::File::create(&log).expect("log");
+    let mut cmd = Command::new(axon_lab::bins::binary("axon-operator").expect("axon-operator built"));
+    cmd.arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--namespace", "kube-system", "--id", "sa-test", "--health-addr", &format!("127.0.0.1:{health}")])
+        .args(["--identity-gc-interval", "1", "--identity-gc-grace-period", "1"])
+        .args(["--cluster-pool-ipv4-cidr", "10.250.0.0/16", "--ipam-resync-interval", "2"])
+        .stdout(log_file.try_clone().expect("fd"))
+        .stderr(log_file);
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _op = Reaped(cmd.spawn().expect("spawn axon-operator"), log.clone());
+    kube.apply(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: rbac-node}\n---\n\
+         apiVersion: axon.io/v1alpha1\nkind: AxonIdentity\nmetadata: {name: \"7001\"}\n\
+         spec: {securityLabels: {\"k8s:app\": nobody, \"k8s:io.kubernetes.pod.namespace\": default}}\n",
+    )
+    .expect("node and identity");
+    poll("the operator's lease", Duration::from_secs(20), || {
+        let out = kube
+            .kubectl(&["get", "lease", "-n", "kube-system", "axon-operator", "-o", "jsonpath={.spec.holderIdentity}"])
+            .ok()?;
+        (out.stdout.trim() == "sa-test").then_some(())
+    });
+    let cidr = poll("a pod CIDR for rbac-node", Duration::from_secs(20), || {
+        let out = kube.kubectl(&["get", "axonnode", "rbac-node", "-o", "jsonpath={.spec.podCidrs[0]}"]).ok()?;
+        let c = out.stdout.trim().to_string();
+        (!c.is_empty()).then_some(c)
+    });
+    assert_eq!(cidr, "10.250.0.0/24");
+    poll("the unused identity to be collected", Duration::from_secs(20), || {
+        let out = kube.kubectl(&["get", "axonidentity", "7001"]).ok()?;
+        (!out.success() && out.stderr.contains("NotFound")).then_some(())
+    });
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!logs.contains("forbidden"), "the operator was denied something its role should allow:\n{logs}");
 }
 
 /// `helm upgrade` to etcd identities and mesh acceleration rewrites the agent's config (and rolls the agents
@@ -321,7 +423,7 @@ struct RemoveDir(PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = if self.0.is_dir() { std::fs::remove_dir_all(&self.0) } else { std::fs::remove_file(&self.0) };
     }
 }
 
