@@ -157,3 +157,164 @@ fn embedded_identities_fill_the_ipcache_and_survive_a_restart() {
     let (status, _) = agent.request("DELETE", "/v1/endpoints/prod/web-2", None).expect("DELETE again");
     assert_eq!(status, 404);
 }
+
+/// Everything under `axon/identities/` in etcd, read with the real `etcdctl`.
+fn etcd_dump(endpoints: &[String]) -> BTreeMap<String, String> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints.join(",")))
+        .args(["--command-timeout=5s", "get", "--prefix", "axon/identities/"])
+        .output()
+        .expect("etcdctl (Debian package etcd-client; make deps installs it)");
+    assert!(out.status.success(), "etcdctl: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].to_string(), c[1].to_string())).collect()
+}
+
+/// The etcd content is a bijection: every id names one label set, every label set one id. Returns id → labels.
+fn check_no_duplicates(dump: &BTreeMap<String, String>) -> BTreeMap<u32, String> {
+    let ids: BTreeMap<u32, String> = dump
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("axon/identities/id/")?.parse().ok()?, v.clone())))
+        .collect();
+    let by_labels: BTreeMap<String, u32> = dump
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("axon/identities/labels/")?.to_string(), v.parse().ok()?)))
+        .collect();
+    assert_eq!(ids.len(), by_labels.len(), "as many ids as label sets: {dump:#?}");
+    for (id, set) in &ids {
+        assert_eq!(by_labels.get(set), Some(id), "id {id} and its label set agree: {dump:#?}");
+    }
+    let distinct: BTreeSet<&String> = ids.values().collect();
+    assert_eq!(distinct.len(), ids.len(), "no label set has two ids: {dump:#?}");
+    ids
+}
+
+fn refs_of(dump: &BTreeMap<String, String>, node: &str) -> BTreeSet<u32> {
+    dump.keys()
+        .filter_map(|k| {
+            let rest = k.strip_prefix("axon/identities/refs/")?;
+            let (id, n) = rest.split_once('/')?;
+            (n == node).then(|| id.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn kv_agent_options(node: &str, endpoints: &[String]) -> AgentOptions {
+    AgentOptions { node_name: Some(node.into()), ..AgentOptions::default() }.with_args(&[
+        "--identity-allocation-mode",
+        "kvstore",
+        "--kvstore-endpoints",
+        &endpoints.join(","),
+        "--kvstore-lease-ttl",
+        "3",
+    ])
+}
+
+#[test]
+fn kvstore_allocation_is_shared_survives_member_loss_and_outages_and_expires_with_the_node() {
+    let mut etcd = EtcdCluster::start(3).expect("3-member etcd");
+    let eps = etcd.endpoints();
+    let lab = Lab::new("idkv", 2).expect("lab");
+    let _servers = lab.serve_all(BACKEND_PORT).expect("servers");
+    let agent_a = lab.start_agent_with(kv_agent_options("node-a", &eps)).expect("agent a");
+    let cgroup_b = Cgroup::create(&format!("{}-b", lab.id())).expect("second cgroup");
+    let mut agent_b = Agent::start(&format!("{}-b", lab.id()), cgroup_b.path(), kv_agent_options("node-b", &eps))
+        .expect("agent b");
+    let vip: SocketAddr = "10.96.0.10:80".parse().expect("vip");
+    agent_a.create_service(&spec("default/web", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT))).expect("svc");
+
+    // Both agents at once: the same label sets on each, and some only B has.
+    const N: usize = 6;
+    let (ids_a, ids_b) = std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            (0..N)
+                .map(|i| ready_id(&agent_a, "team", &format!("a-{i}"), &[&format!("10.201.0.{i}")], json!({"app": format!("svc-{i}")})))
+                .collect::<Vec<u32>>()
+        });
+        let b = s.spawn(|| {
+            (0..N)
+                .map(|i| {
+                    let only = ready_id(&agent_b, "team", &format!("b-only-{i}"), &[], json!({"app": format!("bonly-{i}")}));
+                    let shared =
+                        ready_id(&agent_b, "team", &format!("b-{i}"), &[&format!("10.201.1.{i}")], json!({"app": format!("svc-{i}")}));
+                    (shared, only)
+                })
+                .collect::<Vec<(u32, u32)>>()
+        });
+        (a.join().expect("thread a"), b.join().expect("thread b"))
+    });
+    let shared_b: Vec<u32> = ids_b.iter().map(|(s, _)| *s).collect();
+    assert_eq!(ids_a, shared_b, "the same label set got the same id on both nodes");
+    let all: BTreeSet<u32> = ids_a.iter().chain(ids_b.iter().map(|(_, o)| o)).copied().collect();
+    assert_eq!(all.len(), 2 * N, "distinct label sets got distinct ids: a {ids_a:?} b {ids_b:?}");
+    let ids = check_no_duplicates(&etcd_dump(&eps));
+    assert_eq!(ids.len(), 2 * N);
+    assert_eq!(identities(&agent_a), identities(&agent_b), "both agents list the cluster's identities");
+    let ic = ipcache_of(&agent_a);
+    assert_eq!(ic.get(&ip("10.201.0.3")), Some(&(ids_a[3], ipcache::flags::LOCAL)), "{ic:?}");
+
+    // One member of three down: nothing visible, not even latency.
+    etcd.stop_member(0).expect("stop member 0");
+    let started = Instant::now();
+    let after_a = ready_id(&agent_a, "team", "a-after", &["10.201.0.100"], json!({"app": "after"}));
+    let after_b = ready_id(&agent_b, "team", "b-after", &["10.201.1.100"], json!({"app": "after"}));
+    assert_eq!(after_a, after_b);
+    assert!(identities(&agent_a).iter().any(|i| i.id == after_a));
+    assert!(started.elapsed() < Duration::from_secs(4), "allocation with a member down took {:?}", started.elapsed());
+
+    // All members down: the datapath keeps serving, allocation waits.
+    let ipcache_before = ipcache_of(&agent_a);
+    etcd.stop_member(1).expect("stop member 1");
+    etcd.stop_member(2).expect("stop member 2");
+    let (status, body) = put_endpoint(&agent_a, "team", "a-outage", &["10.201.0.200"], json!({"app": "outage"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(endpoint_of(&body).state, EndpointState::Pending, "no etcd, no new identity: {body}");
+    let (status, body) = put_endpoint(&agent_b, "team", "b-outage", &[], json!({"app": "outage-b"}));
+    assert_eq!((status, endpoint_of(&body).state), (200, EndpointState::Pending), "{body}");
+    let tcp = lab.tcp(vip, 20).expect("client during the outage");
+    assert_spread(&tcp, &lab.backend_names(), "ClusterIP service with etcd down");
+    assert_eq!(ipcache_of(&agent_a), ipcache_before, "the ipcache keeps its entries during the outage");
+    assert!(agent_a.healthy() && agent_b.healthy());
+    // Longer than the lease TTL: the leases expire meanwhile.
+    std::thread::sleep(Duration::from_secs(4));
+
+    etcd.start_members(&[0, 1, 2]).expect("etcd back");
+    let outage_id = wait_for("a-outage to get its identity", Duration::from_secs(30), || {
+        endpoints(&agent_a).into_iter().find(|e| e.name == "a-outage" && e.state == EndpointState::Ready)?.identity
+    });
+    wait_for("b-outage to get its identity", Duration::from_secs(30), || {
+        endpoints(&agent_b).into_iter().find(|e| e.name == "b-outage" && e.state == EndpointState::Ready)?.identity
+    });
+    assert_eq!(ready_id(&agent_b, "team", "b-outage-2", &[], json!({"app": "outage"})), outage_id);
+    assert_eq!(ipcache_of(&agent_a).get(&ip("10.201.0.200")), Some(&(outage_id, ipcache::flags::LOCAL)));
+    let dump = etcd_dump(&eps);
+    let ids = check_no_duplicates(&dump);
+    assert_eq!(ids.len(), 2 * N + 3, "svc-*, bonly-*, after, outage, outage-b: {ids:#?}");
+    // References lost with the expired leases were put again under new ones.
+    let held_a: BTreeSet<u32> = endpoints(&agent_a).iter().filter_map(|e| e.identity).collect();
+    wait_for("node-a's references after the outage", Duration::from_secs(15), || {
+        (refs_of(&etcd_dump(&eps), "node-a") == held_a).then_some(())
+    });
+
+    // A dead node's references go with its lease; the others stay.
+    assert!(!refs_of(&dump, "node-b").is_empty());
+    agent_b.kill().expect("kill agent b");
+    wait_for("node-b's references to expire", Duration::from_secs(15), || {
+        refs_of(&etcd_dump(&eps), "node-b").is_empty().then_some(())
+    });
+    assert_eq!(refs_of(&etcd_dump(&eps), "node-a"), held_a);
+    assert_spread(&lab.tcp(vip, 10).expect("client"), &lab.backend_names(), "service after everything");
+}

@@ -85,31 +85,47 @@ impl KvStore {
         &self.config.endpoints
     }
 
-    async fn bounded<T, F>(&self, what: &str, f: F) -> Result<T, KvError>
+    /// Runs one request, bounded by the request timeout. A member that is
+    /// down refuses connections: the request is sent again (the balancer
+    /// picks among the members) until one answers or the time is up. Every
+    /// request here is safe to repeat (puts and deletes are idempotent, a
+    /// repeated create-if-absent finds its own keys).
+    async fn bounded<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, KvError>
     where
-        F: Future<Output = Result<T, etcd_client::Error>>,
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.config.request_timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(unavailable(&self.config, &format!("{what}: {e}"))),
-            Err(_) => Err(unavailable(
-                &self.config,
-                &format!("{what}: no answer within {:?}", self.config.request_timeout),
-            )),
+        let deadline = Instant::now() + self.config.request_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match tokio::time::timeout(left, f(self.client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e,
+                Err(_) => {
+                    return Err(unavailable(
+                        &self.config,
+                        &format!("{what}: no answer within {:?}", self.config.request_timeout),
+                    ))
+                }
+            };
+            if !retryable(&err) || Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(unavailable(&self.config, &format!("{what}: {err}")));
+            }
+            debug!(what, error = %err, "kvstore request failed; trying again");
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
     /// The value of `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        let mut c = self.client.clone();
-        let resp = self.bounded("get", c.get(key, None)).await?;
+        let resp = self.bounded("get", |mut c| async move { c.get(key, None).await }).await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     /// Every (key, value) under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, KvError> {
-        let mut c = self.client.clone();
-        let resp = self.bounded("list", c.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let resp =
+            self.bounded("list", |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }).await?;
         resp.kvs()
             .iter()
             .map(|kv| {
@@ -139,8 +155,12 @@ impl KvStore {
             .collect();
         let gets: Vec<TxnOp> = checked.iter().map(|k| TxnOp::get(k.key.as_str(), None)).collect();
         let txn = Txn::new().when(compares).and_then(puts).or_else(gets);
-        let mut c = self.client.clone();
-        let resp = match self.bounded("transaction", c.txn(txn)).await {
+        let resp = match self.bounded("transaction", |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+        {
             Err(e) if e.to_string().contains("lease not found") => {
                 // etcd expired the lease before this node noticed; the caller retries.
                 if let Some(id) = lease {
@@ -168,8 +188,10 @@ impl KvStore {
     pub async fn put_leased(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
         for attempt in 0..2 {
             let lease = self.lease_id().await?;
-            let mut c = self.client.clone();
-            match self.bounded("put", c.put(key, value.to_vec(), Some(PutOptions::new().with_lease(lease)))).await {
+            let put = |mut c: Client| async move {
+                c.put(key, value.to_vec(), Some(PutOptions::new().with_lease(lease))).await
+            };
+            match self.bounded("put", put).await {
                 Ok(_) => return Ok(()),
                 // etcd expired the lease before this node noticed: grant a new one.
                 Err(e) if attempt == 0 && e.to_string().contains("lease not found") => self.drop_lease(lease),
@@ -180,8 +202,7 @@ impl KvStore {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
-        let mut c = self.client.clone();
-        self.bounded("delete", c.delete(key, None)).await?;
+        self.bounded("delete", |mut c| async move { c.delete(key, None).await }).await?;
         Ok(())
     }
 
@@ -197,8 +218,7 @@ impl KvStore {
             return Ok(id);
         }
         let ttl = self.config.lease_ttl.as_secs().max(1) as i64;
-        let mut c = self.client.clone();
-        let resp = self.bounded("lease grant", c.lease_grant(ttl, None)).await?;
+        let resp = self.bounded("lease grant", |mut c| async move { c.lease_grant(ttl, None).await }).await?;
         let id = resp.id();
         *self.lease.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((id, Instant::now()));
         let epoch = self.lease.epoch.fetch_add(1, Ordering::SeqCst) + 1;
@@ -254,11 +274,27 @@ impl KvStore {
 
     /// One keep-alive round trip: `Ok(false)` when etcd no longer knows the lease.
     async fn renew(&self, id: i64) -> Result<bool, KvError> {
-        let mut c = self.client.clone();
-        let (mut keeper, mut stream) = self.bounded("lease keep-alive", c.lease_keep_alive(id)).await?;
-        self.bounded("lease keep-alive", keeper.keep_alive()).await?;
-        let resp = self.bounded("lease keep-alive", stream.message()).await?;
+        let resp = self
+            .bounded("lease keep-alive", |mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
+            .await?;
         Ok(resp.is_some_and(|r| r.ttl() > 0))
+    }
+}
+
+/// Pause between two tries of one request.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Errors of a member that is down or unreachable (another member may answer).
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // gRPC codes: 2 unknown, 4 deadline exceeded, 10 aborted, 14 unavailable.
+        etcd_client::Error::GRpcStatus(s) => matches!(i32::from(s.code()), 2 | 4 | 10 | 14),
+        _ => false,
     }
 }
 
