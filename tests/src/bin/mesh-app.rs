@@ -8,6 +8,8 @@
 //! `mesh-app sink PORT`: reads and discards (message-size sweeps).
 //! `mesh-app chat ADDR MILLIS`: one connection kept for MILLIS, a 100-byte
 //! echo every 10 ms; prints `{"round_trips":N,"failed":M,"error":...}`.
+//! `mesh-app stream ADDR SIZE MILLIS`: writes SIZE-byte messages for MILLIS
+//! (to a `sink`), prints `{"bytes":N,"secs":S}`.
 //! `mesh-app probe ADDR COUNT BYTES`: COUNT connections, each reading the
 //! first line, sending BYTES and reading them back; one JSON `Attempt` line each.
 //!
@@ -43,6 +45,7 @@ fn main() {
         Some("sink") if args.len() >= 3 => sink(&args[2]),
         Some("probe") if args.len() >= 5 => probe(&args[2], &args[3], &args[4]),
         Some("chat") if args.len() >= 4 => chat(&args[2], &args[3]),
+        Some("stream") if args.len() >= 5 => stream(&args[2], &args[3], &args[4]),
         _ => Err("usage: mesh-app serve NAME PORT [--http] | mesh-app sink PORT".to_string()),
     };
     if let Err(e) = result {
@@ -256,5 +259,25 @@ fn chat(addr: &str, millis: &str) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     println!("{}", serde_json::json!({"round_trips": round_trips, "failed": failed, "error": error}));
+    Ok(())
+}
+
+fn stream(addr: &str, size: &str, millis: &str) -> Result<(), String> {
+    let addr: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
+    let size: usize = size.parse().map_err(|_| format!("bad size {size:?}"))?;
+    let millis: u64 = millis.parse().map_err(|_| format!("bad duration {millis:?}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    let msg = vec![7u8; size.max(1)];
+    let started = Instant::now();
+    let end = started + Duration::from_millis(millis);
+    let mut bytes = 0u64;
+    while Instant::now() < end {
+        for _ in 0..16 {
+            s.write_all(&msg).map_err(|e| format!("write: {e}"))?;
+            bytes += msg.len() as u64;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("{}", serde_json::json!({"bytes": bytes, "secs": secs}));
     Ok(())
 }

@@ -1,0 +1,66 @@
+//! `axon-bench-mesh`: sidecar mesh traffic through istio-iptables-style
+//! REDIRECT + Envoy (the baseline), Axon's cgroup capture + Envoy, and Axon's
+//! capture + sockmap bypass + Envoy, side by side in one lab with the same
+//! pods and the same Envoys; wrk keep-alive and new-connection, and a
+//! streaming sweep of write sizes. Results go to the terminal and between
+//! this bench's markers in docs/benchmarks.md.
+
+#[path = "../mesh/mod.rs"]
+mod mesh;
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "axon-bench-mesh", about = "Benchmark sidecar capture: iptables vs Axon capture vs Axon + sockmap")]
+struct Cli {
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Milliseconds per streamed message size.
+    #[arg(long, default_value_t = 1500)]
+    stream_ms: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 8)]
+    connections: u32,
+    /// Short runs (2 s wrk, 500 ms streams).
+    #[arg(long)]
+    quick: bool,
+    /// Where the results section goes ("-" for nowhere).
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    docs: PathBuf,
+}
+
+const START: &str = "<!-- mesh-bench:start -->";
+const END: &str = "<!-- mesh-bench:end -->";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let opts = mesh::Options {
+        duration: Duration::from_secs(if cli.quick { 2 } else { cli.duration }),
+        stream_duration: Duration::from_millis(if cli.quick { 500 } else { cli.stream_ms }),
+        connections: cli.connections,
+    };
+    let results = mesh::run(&opts)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let section = mesh::report(&results, &command, &opts);
+    println!("{section}");
+    if cli.docs.as_os_str() != "-" {
+        write_section(&cli.docs, &section).with_context(|| format!("writing {}", cli.docs.display()))?;
+    }
+    Ok(())
+}
+
+/// Replaces the text between the markers, or appends a new section.
+fn write_section(path: &PathBuf, section: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{START}\n{section}{END}");
+    let new = match (text.find(START), text.find(END)) {
+        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
+        _ => format!("{}\n## Mesh acceleration: measured (`axon-bench-mesh`)\n\n{block}\n", text.trim_end()),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
