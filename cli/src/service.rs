@@ -10,8 +10,10 @@ use axon_api::{Client, Service};
 pub const HEADER: [&str; 4] = ["ID", "Frontend", "Service Type", "Backend"];
 
 /// One row per service (sorted by id) with its first backend, then one
-/// continuation row per further backend, numbered from 1.
+/// continuation row per further backend, numbered from 1. Services from
+/// Kubernetes (named `namespace/name:port`) add a Name column.
 pub fn rows(services: &[Service]) -> Vec<Vec<String>> {
+    let named = with_names(services);
     let mut sorted: Vec<&Service> = services.iter().collect();
     sorted.sort_by_key(|s| s.id);
     let mut rows = Vec::new();
@@ -22,14 +24,33 @@ pub fn rows(services: &[Service]) -> Vec<Vec<String>> {
             .enumerate()
             .map(|(i, b)| format!("{} => {} ({})", i + 1, svc.backend_addr(b), b.state.as_str()));
         let first = backends.next().unwrap_or_default();
-        rows.push(vec![svc.id.to_string(), svc.frontend.to_string(), svc.svc_type.to_string(), first]);
-        rows.extend(backends.map(|b| vec![String::new(), String::new(), String::new(), b]));
+        let mut row = vec![svc.id.to_string(), svc.frontend.to_string(), svc.svc_type.to_string(), first];
+        if named {
+            row.push(svc.name.clone().unwrap_or_default());
+        }
+        rows.push(row);
+        let blank = if named { 4 } else { 3 };
+        rows.extend(backends.map(|b| {
+            let mut row = vec![String::new(); blank];
+            row.insert(3, b);
+            row
+        }));
     }
     rows
 }
 
+/// Whether any service comes from Kubernetes (its name has the owner separator).
+fn with_names(services: &[Service]) -> bool {
+    services.iter().any(|s| s.name.as_deref().is_some_and(|n| n.contains(':')))
+}
+
 pub fn render(services: &[Service]) -> String {
-    table::render(&HEADER, &rows(services))
+    if with_names(services) {
+        let header: Vec<&str> = HEADER.iter().copied().chain(["Name"]).collect();
+        table::render(&header, &rows(services))
+    } else {
+        table::render(&HEADER, &rows(services))
+    }
 }
 
 fn print_services(services: &[Service], output: Output) -> Result<()> {
@@ -113,6 +134,18 @@ ID   Frontend            Service Type   Backend
     fn a_service_without_backends_is_one_row() {
         let out = render(&[svc(7, "10.96.0.11", Protocol::Tcp, &[])]);
         assert_eq!(out, "ID   Frontend            Service Type   Backend\n7    10.96.0.11:80/TCP   ClusterIP\n");
+    }
+
+    #[test]
+    fn kubernetes_services_add_their_names_and_terminating_backends_show() {
+        let mut web = svc(3, "10.96.0.12", Protocol::Tcp, &["10.0.0.2", "10.0.0.3"]);
+        web.name = Some("shop/web:http".into());
+        web.backends[1].state = axon_api::BackendState::Terminating;
+        let out = render(&[web]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].split_whitespace().last() == Some("Name"), "{out}");
+        assert!(lines[1].ends_with("(active)        shop/web:http"), "{out}");
+        assert!(lines[2].trim_start().starts_with("2 => 10.0.0.3:8080/TCP (terminating)"), "{out}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct AgentOptions {
     pub nodeport_range: Option<(u16, u16)>,
     /// Appended to the command line as they are.
     pub extra_args: Vec<String>,
+    /// `--k8s-kubeconfig`: serve Services from this Kubernetes API server.
+    pub k8s_kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl AgentOptions {
@@ -75,6 +77,9 @@ impl AgentOptions {
         }
         if let Some((min, max)) = self.nodeport_range {
             flag("--nodeport-range", format!("{min}-{max}"));
+        }
+        if let Some(k) = &self.k8s_kubeconfig {
+            flag("--k8s-kubeconfig", k.display().to_string());
         }
         args.extend(self.extra_args.iter().cloned());
         args

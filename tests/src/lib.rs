@@ -20,6 +20,7 @@ pub mod error;
 pub mod mesh;
 pub mod etcd;
 pub mod kube;
+pub mod kube_standin;
 pub mod multinode;
 pub mod netns;
 pub mod nic;

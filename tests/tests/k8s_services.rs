@@ -1,0 +1,297 @@
+//! The agent's Kubernetes source end to end: Services and Endpoints created
+//! with kubectl in a real kube-apiserver 1.20.2 (which serves EndpointSlices
+//! only as v1beta1, so the agent takes the core/v1 Endpoints path) are served
+//! with real TCP and UDP through the socket-LB; scale, update, delete, bad
+//! input, an apiserver restart and an agent restart lose nothing. The
+//! discovery.k8s.io/v1 EndpointSlice path (terminating endpoints, relist
+//! after lost history) runs against the local stand-in (`kube_standin`).
+
+use axon_api::{BackendState, Service};
+use axon_lab::check::{answers, assert_spread, show};
+use axon_lab::kube::KubeCluster;
+use axon_lab::kube_standin::KubeStandin;
+use axon_lab::{Agent, AgentOptions, Lab, UdpMode};
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+const BACKEND_PORT: u16 = 8080;
+const REQUESTS: u32 = 40;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn agent_for(lab: &Lab, kubeconfig: &std::path::Path) -> Agent {
+    let opts = AgentOptions {
+        k8s_kubeconfig: Some(kubeconfig.to_path_buf()),
+        node_name: Some("node-1".into()),
+        ..AgentOptions::default()
+    };
+    lab.start_agent_with(opts).expect("agent")
+}
+
+/// Polls the agent's services until `pred` holds; panics with the last list.
+fn wait_services(agent: &Agent, what: &str, pred: impl Fn(&[Service]) -> bool) -> Vec<Service> {
+    let start = Instant::now();
+    loop {
+        let list = agent.list_services().unwrap_or_default();
+        if pred(&list) {
+            return list;
+        }
+        if start.elapsed() > WAIT {
+            panic!("{what}: not reached within {WAIT:?}; services: {list:#?}\nagent log:\n{}", agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn named<'a>(list: &'a [Service], name: &str) -> Vec<&'a Service> {
+    list.iter().filter(|s| s.name.as_deref() == Some(name)).collect()
+}
+
+fn active_backends(list: &[Service], name: &str) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = named(list, name)
+        .iter()
+        .flat_map(|s| s.backends.iter())
+        .filter(|b| b.state == BackendState::Active)
+        .map(|b| b.socket_addr())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn cluster_ip(kube: &KubeCluster, ns: &str, name: &str) -> IpAddr {
+    let out = kube.kubectl(&["-n", ns, "get", "service", name, "-o", "jsonpath={.spec.clusterIP}"]).expect("kubectl");
+    out.stdout.trim().parse().unwrap_or_else(|_| panic!("clusterIP of {ns}/{name}: {out}"))
+}
+
+/// Selectorless Endpoints `name` with `ips` on ports http (TCP) and dns (UDP).
+fn endpoints_yaml(ns: &str, name: &str, ips: &[IpAddr]) -> String {
+    let addresses: Vec<_> = ips.iter().map(|ip| json!({"ip": ip.to_string(), "nodeName": "node-1"})).collect();
+    let subsets = if ips.is_empty() {
+        json!([])
+    } else {
+        json!([{"addresses": addresses, "ports": [
+            {"name": "http", "port": BACKEND_PORT, "protocol": "TCP"},
+            {"name": "dns", "port": BACKEND_PORT, "protocol": "UDP"}]}])
+    };
+    json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns}, "subsets": subsets})
+        .to_string()
+}
+
+fn service_yaml(ns: &str, name: &str, http_port: u16) -> String {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+           "spec": {"ports": [{"name": "http", "port": http_port, "targetPort": BACKEND_PORT, "protocol": "TCP"},
+                              {"name": "dns", "port": 53, "targetPort": BACKEND_PORT, "protocol": "UDP"}]}})
+    .to_string()
+}
+
+fn backend_ips(lab: &Lab, which: &[usize]) -> Vec<IpAddr> {
+    which.iter().map(|i| lab.backend(*i + 1).ipv4().into()).collect()
+}
+
+fn spread(lab: &Lab, vip: SocketAddr, want: &[&str], what: &str) {
+    assert_spread(&lab.tcp(vip, REQUESTS).expect("tcp client"), want, &format!("tcp {what}"));
+    let dns = SocketAddr::new(vip.ip(), 53);
+    assert_spread(&lab.udp(dns, REQUESTS, UdpMode::Unconnected).expect("udp client"), want, &format!("udp {what}"));
+}
+
+/// Events the apiserver holds for one object.
+fn events_for(kube: &KubeCluster, ns: &str, name: &str) -> String {
+    let selector = format!("involvedObject.name={name}");
+    kube.kubectl(&["-n", ns, "get", "events", "--field-selector", &selector, "-o", "jsonpath={.items[*].message}"])
+        .map(|o| o.stdout)
+        .unwrap_or_default()
+}
+
+#[test]
+fn kubectl_services_are_served_and_followed_through_restarts() {
+    let mut kube = KubeCluster::start().expect("kube-apiserver");
+    let lab = Lab::new("k8ssvc", 3).expect("lab");
+    let _servers = lab.serve_all(BACKEND_PORT).expect("backends");
+    let ns = "shop";
+    kube.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string())
+        .expect("namespace");
+    kube.apply(&service_yaml(ns, "web", 80)).expect("service");
+    kube.apply(&endpoints_yaml(ns, "web", &backend_ips(&lab, &[0, 1]))).expect("endpoints");
+    let mut agent = agent_for(&lab, kube.kubeconfig());
+    let vip = cluster_ip(&kube, ns, "web");
+
+    // Created with kubectl: served under its Kubernetes name.
+    wait_services(&agent, "web served", |l| active_backends(l, "shop/web:http").len() == 2);
+    spread(&lab, SocketAddr::new(vip, 80), &["backend-1", "backend-2"], "created");
+    let listed = agent.agentctl(&["service", "list"]).expect("agentctl");
+    assert!(listed.stdout.contains("shop/web:http") && listed.stdout.contains("shop/web:dns"), "{listed}");
+    // Owned by Kubernetes: the local API refuses to change it, naming the owner.
+    let id = named(&agent.list_services().expect("list"), "shop/web:http")[0].id;
+    let (status, body) = agent.request("DELETE", &format!("/v1/services/{id}"), None).expect("delete request");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("shop/web"), "{body}");
+
+    // Scale up, then down.
+    kube.apply(&endpoints_yaml(ns, "web", &backend_ips(&lab, &[0, 1, 2]))).expect("scale up");
+    wait_services(&agent, "scaled up", |l| active_backends(l, "shop/web:http").len() == 3);
+    spread(&lab, SocketAddr::new(vip, 80), &["backend-1", "backend-2", "backend-3"], "scaled up");
+    kube.apply(&endpoints_yaml(ns, "web", &backend_ips(&lab, &[2]))).expect("scale down");
+    wait_services(&agent, "scaled down", |l| active_backends(l, "shop/web:http").len() == 1);
+    spread(&lab, SocketAddr::new(vip, 80), &["backend-3"], "scaled down");
+
+    // Update: the http port moves 80 → 81; the old frontend goes with it.
+    kube.apply(&service_yaml(ns, "web", 81)).expect("update");
+    wait_services(&agent, "port moved", |l| named(l, "shop/web:http").iter().all(|s| s.frontend.port == 81));
+    assert_spread(&lab.tcp(SocketAddr::new(vip, 81), REQUESTS).expect("tcp"), &["backend-3"], "after update");
+    let old = lab.tcp(SocketAddr::new(vip, 80), 2).expect("tcp");
+    assert!(old.iter().all(|a| a.answer.is_none()), "port 80 still served:\n{}", show(&old));
+
+    // Bad input: an SCTP port is skipped (the TCP one served) and an
+    // externalIP overlapping web's frontend makes its Service unservable;
+    // both get an Event naming the problem, and web keeps working.
+    let sctp = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sig", "namespace": ns},
+        "spec": {"ports": [{"name": "diameter", "port": 3868, "protocol": "SCTP"},
+                           {"name": "http", "port": 80, "targetPort": BACKEND_PORT, "protocol": "TCP"}]}});
+    kube.apply(&sctp.to_string()).expect("sctp service");
+    kube.apply(&endpoints_yaml(ns, "sig", &backend_ips(&lab, &[0]))).expect("sig endpoints");
+    let clash = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clash", "namespace": ns},
+        "spec": {"externalIPs": [vip.to_string()],
+                 "ports": [{"name": "http", "port": 81, "targetPort": BACKEND_PORT, "protocol": "TCP"}]}});
+    kube.apply(&clash.to_string()).expect("clash service");
+    kube.apply(&endpoints_yaml(ns, "clash", &backend_ips(&lab, &[0]))).expect("clash endpoints");
+    wait_services(&agent, "sig's TCP port served", |l| active_backends(l, "shop/sig:http").len() == 1);
+    let sig_vip = cluster_ip(&kube, ns, "sig");
+    assert_spread(&lab.tcp(SocketAddr::new(sig_vip, 80), REQUESTS).expect("tcp"), &["backend-1"], "sig http");
+    let start = Instant::now();
+    while !(events_for(&kube, ns, "sig").contains("SCTP") && events_for(&kube, ns, "clash").contains("already")) {
+        assert!(
+            start.elapsed() < WAIT,
+            "no Events: sig {:?} clash {:?}\n{}",
+            events_for(&kube, ns, "sig"),
+            events_for(&kube, ns, "clash"),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(named(&agent.list_services().expect("list"), "shop/clash:http").is_empty());
+    assert_spread(&lab.tcp(SocketAddr::new(vip, 81), REQUESTS).expect("tcp"), &["backend-3"], "web beside bad input");
+
+    // The apiserver restarts: the datapath serves throughout, and changes
+    // made after it is back arrive (the watch resumes).
+    kube.stop_apiserver();
+    assert_spread(&lab.tcp(SocketAddr::new(vip, 81), REQUESTS).expect("tcp"), &["backend-3"], "apiserver down");
+    kube.start_apiserver().expect("apiserver back");
+    kube.apply(&endpoints_yaml(ns, "web", &backend_ips(&lab, &[0, 2]))).expect("scale after restart");
+    wait_services(&agent, "change after apiserver restart", |l| active_backends(l, "shop/web:http").len() == 2);
+    spread(&lab, SocketAddr::new(vip, 81), &["backend-1", "backend-3"], "after apiserver restart");
+
+    // The agent is down while the cluster changes: sig is deleted and web
+    // scaled. The pinned datapath keeps serving; the restarted agent's
+    // relist removes sig and applies the scale.
+    agent.stop().expect("stop agent");
+    assert_spread(&lab.tcp(SocketAddr::new(vip, 81), REQUESTS).expect("tcp"), &["backend-1", "backend-3"], "agent down");
+    kube.kubectl(&["-n", ns, "delete", "service", "sig"]).expect("delete sig");
+    kube.apply(&endpoints_yaml(ns, "web", &backend_ips(&lab, &[1]))).expect("scale while agent down");
+    agent.start_again().expect("agent again");
+    wait_services(&agent, "resync after agent restart", |l| {
+        named(l, "shop/sig:http").is_empty() && active_backends(l, "shop/web:http").len() == 1
+    });
+    spread(&lab, SocketAddr::new(vip, 81), &["backend-2"], "after agent restart");
+
+    // Deleted: its frontends go.
+    kube.kubectl(&["-n", ns, "delete", "service", "web"]).expect("delete web");
+    wait_services(&agent, "web deleted", |l| named(l, "shop/web:http").is_empty() && named(l, "shop/web:dns").is_empty());
+    let gone = lab.tcp(SocketAddr::new(vip, 81), 2).expect("tcp");
+    assert!(gone.iter().all(|a| a.answer.is_none()), "deleted service still served:\n{}", show(&gone));
+}
+
+fn slice(name: &str, endpoints: serde_json::Value) -> serde_json::Value {
+    // Shaped as `kubectl get endpointslice -o json` prints a controller-made slice.
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "shop", "generateName": "web-",
+                     "labels": {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                                "kubernetes.io/service-name": "web"},
+                     "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web",
+                                          "uid": "standin-service-shop-web", "controller": true,
+                                          "blockOwnerDeletion": true}]},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": BACKEND_PORT, "protocol": "TCP"}]
+    })
+}
+
+fn endpoint(ip: IpAddr, ready: bool, serving: bool, terminating: bool) -> serde_json::Value {
+    json!({"addresses": [ip.to_string()], "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+           "nodeName": "node-1", "targetRef": {"kind": "Pod", "namespace": "shop", "name": format!("web-{ip}")}})
+}
+
+#[test]
+fn discovery_v1_slices_with_terminating_endpoints_from_the_standin() {
+    let standin = KubeStandin::start().expect("stand-in");
+    let lab = Lab::new("k8sslice", 3).expect("lab");
+    let _servers = lab.serve_all(BACKEND_PORT).expect("backends");
+    let ips = backend_ips(&lab, &[0, 1, 2]);
+    let vip: IpAddr = "10.96.77.10".parse().expect("vip");
+    standin
+        .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
+                      "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}]}}))
+        .expect("node");
+    standin
+        .apply(json!({"apiVersion": "v1", "kind": "Service",
+                      "metadata": {"name": "web", "namespace": "shop"},
+                      "spec": {"type": "ClusterIP", "clusterIP": vip.to_string(), "clusterIPs": [vip.to_string()],
+                               "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "sessionAffinity": "None",
+                               "selector": {"app": "web"},
+                               "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "web"},
+                                         {"name": "sig", "port": 3868, "protocol": "SCTP", "targetPort": 3868}]},
+                      "status": {"loadBalancer": {}}}))
+        .expect("service");
+    let ready = |ip: IpAddr| endpoint(ip, true, true, false);
+    standin.apply(slice("web-abcde", json!([ready(ips[0]), ready(ips[1])]))).expect("slice");
+    let agent = agent_for(&lab, standin.kubeconfig());
+    let status = agent.status().expect("status");
+    assert!(status.source.contains("kubernetes"), "{status:?}");
+
+    wait_services(&agent, "served from the v1 slice", |l| active_backends(l, "shop/web:http").len() == 2);
+    let vip80 = SocketAddr::new(vip, 80);
+    assert_spread(&lab.tcp(vip80, REQUESTS).expect("tcp"), &["backend-1", "backend-2"], "from the slice");
+    // The SCTP port is reported as an Event on the Service.
+    let start = Instant::now();
+    while !standin.events().iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("SCTP"))) {
+        assert!(start.elapsed() < WAIT, "no SCTP Event: {:?}", standin.events());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let event = standin.events().into_iter().find(|e| e["message"].as_str().is_some_and(|m| m.contains("SCTP")));
+    let event = event.expect("event");
+    assert_eq!(event["involvedObject"]["name"], json!("web"), "{event}");
+    assert_eq!(event["type"], json!("Warning"), "{event}");
+
+    // backend-1 terminates (a second slice brings backend-3): no new
+    // connection picks it, but it stays in the backend map so flows on it drain.
+    standin
+        .apply(slice("web-abcde", json!([endpoint(ips[0], false, true, true), ready(ips[1])])))
+        .expect("terminating");
+    standin.apply(slice("web-fghij", json!([ready(ips[2])]))).expect("second slice");
+    let list = wait_services(&agent, "terminating endpoint drains", |l| {
+        active_backends(l, "shop/web:http").len() == 2
+            && named(l, "shop/web:http").iter().any(|s| s.backends.iter().any(|b| b.state == BackendState::Terminating))
+    });
+    assert_spread(&lab.tcp(vip80, REQUESTS).expect("tcp"), &["backend-2", "backend-3"], "terminating skipped");
+    let dump = agent.lb_maps().expect("lb maps");
+    let in_backend_map = dump.backends4.iter().any(|(_, b)| IpAddr::from(b.ip()) == ips[0]);
+    assert!(in_backend_map, "the terminating backend left the backend map: {list:#?}");
+    let listed = agent.agentctl(&["service", "list"]).expect("agentctl");
+    assert!(listed.stdout.contains("terminating"), "{listed}");
+
+    // History lost while the watch is down (compaction, apiserver restart):
+    // the watch gets 410 Gone, relists, and the relist removes what was
+    // deleted in between.
+    standin.delete("EndpointSlice", "shop", "web-fghij");
+    standin.compact();
+    standin.apply(slice("web-abcde", json!([ready(ips[0])]))).expect("update during the gap");
+    standin.compact();
+    standin.drop_watches();
+    wait_services(&agent, "relist after 410", |l| active_backends(l, "shop/web:http") == vec![SocketAddr::new(ips[0], BACKEND_PORT)]);
+    let a = lab.tcp(vip80, REQUESTS).expect("tcp");
+    assert_eq!(answers(&a).into_keys().collect::<Vec<_>>(), vec!["backend-1".to_string()], "{}", show(&a));
+
+    standin.delete("Service", "shop", "web");
+    wait_services(&agent, "service deleted", |l| named(l, "shop/web:http").is_empty());
+}
