@@ -318,3 +318,108 @@ fn kvstore_allocation_is_shared_survives_member_loss_and_outages_and_expires_wit
     assert_eq!(refs_of(&etcd_dump(&eps), "node-a"), held_a);
     assert_spread(&lab.tcp(vip, 10).expect("client"), &lab.backend_names(), "service after everything");
 }
+
+fn crd_agent_options(node: &str, kubeconfig: &std::path::Path) -> AgentOptions {
+    AgentOptions {
+        node_name: Some(node.into()),
+        k8s_kubeconfig: Some(kubeconfig.to_path_buf()),
+        ..AgentOptions::default()
+    }
+    .with_args(&["--identity-allocation-mode", "crd"])
+}
+
+fn pod_yaml(name: &str, node: &str, app: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: team\n  labels:\n    app: {app}\n    \
+         pod-template-hash: {name}\nspec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: registry.invalid/none\n"
+    )
+}
+
+/// Every endpoint of `agent` once all `names` are ready: name → identity.
+fn ready_endpoints(agent: &Agent, names: &[String]) -> BTreeMap<String, u32> {
+    wait_for("endpoints from the pod watcher", Duration::from_secs(40), || {
+        let eps = endpoints(agent);
+        let ready: BTreeMap<String, u32> = eps
+            .iter()
+            .filter(|e| e.state == EndpointState::Ready)
+            .filter_map(|e| Some((e.name.clone(), e.identity?)))
+            .collect();
+        names.iter().all(|n| ready.contains_key(n)).then_some(ready)
+    })
+}
+
+#[test]
+fn crd_allocation_from_two_agents_at_once_gives_one_identity_per_label_set() {
+    let kube = axon_lab::kube::KubeCluster::start().expect("kube-apiserver");
+    kube.apply(&axon_crds::crds_yaml().expect("CRD yaml")).expect("install the CRDs");
+    let out = kube
+        .kubectl(&["wait", "--for=condition=established", "--timeout=30s", "crd/axonidentities.axon.io"])
+        .expect("kubectl wait");
+    assert!(out.success(), "{out}");
+    kube.apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n  labels:\n    tier: blue\n")
+        .expect("namespace");
+
+    let lab = Lab::new("idcrd", 1).expect("lab");
+    let agent_a = lab.start_agent_with(crd_agent_options("node-a", kube.kubeconfig())).expect("agent a");
+    let cgroup_b = Cgroup::create(&format!("{}-b", lab.id())).expect("second cgroup");
+    let agent_b = Agent::start(
+        &format!("{}-b", lab.id()),
+        cgroup_b.path(),
+        crd_agent_options("node-b", kube.kubeconfig()),
+    )
+    .expect("agent b");
+
+    // One apply: both agents see their pods at the same moment and race for the same label sets.
+    const N: usize = 4;
+    let mut yaml = String::new();
+    for i in 0..N {
+        yaml.push_str(&pod_yaml(&format!("a-{i}"), "node-a", &format!("svc-{i}")));
+        yaml.push_str(&pod_yaml(&format!("b-{i}"), "node-b", &format!("svc-{i}")));
+    }
+    yaml.push_str(&pod_yaml("b-only", "node-b", "only-b"));
+    kube.apply(&yaml).expect("pods");
+
+    let names_a: Vec<String> = (0..N).map(|i| format!("a-{i}")).collect();
+    let mut names_b: Vec<String> = (0..N).map(|i| format!("b-{i}")).collect();
+    names_b.push("b-only".into());
+    let ids_a = ready_endpoints(&agent_a, &names_a);
+    let ids_b = ready_endpoints(&agent_b, &names_b);
+    for i in 0..N {
+        assert_eq!(ids_a[&format!("a-{i}")], ids_b[&format!("b-{i}")], "svc-{i}: a {ids_a:?} b {ids_b:?}");
+    }
+    let distinct: BTreeSet<u32> = ids_a.values().chain(ids_b.values()).copied().collect();
+    assert_eq!(distinct.len(), N + 1, "one id per label set: a {ids_a:?} b {ids_b:?}");
+    assert!(endpoints(&agent_a).iter().all(|e| !e.name.starts_with("b-")), "node-a only has its own pods");
+
+    // The apiserver holds exactly one AxonIdentity per label set, each confirmed.
+    let out = kube.kubectl(&["get", "axonidentities", "-o", "json"]).expect("kubectl get");
+    assert!(out.success(), "{out}");
+    let list: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let items = list["items"].as_array().expect("items");
+    let mut by_labels: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for item in items {
+        let id: u32 = item["metadata"]["name"].as_str().and_then(|n| n.parse().ok()).expect("decimal name");
+        assert_eq!(item["metadata"]["annotations"]["axon.io/identity-state"], "confirmed", "{item}");
+        by_labels.entry(item["spec"]["securityLabels"].to_string()).or_default().push(id);
+    }
+    assert_eq!(by_labels.len(), N + 1, "{}", out.stdout);
+    assert!(by_labels.values().all(|ids| ids.len() == 1), "a label set with two identities: {by_labels:?}");
+    let identity = identities(&agent_b).into_iter().find(|i| i.id == ids_b["b-only"]).expect("listed");
+    assert_eq!(
+        identity.labels,
+        labels(&[
+            ("k8s:app", "only-b"),
+            ("k8s:io.axon.k8s.namespace.labels.tier", "blue"),
+            ("k8s:io.kubernetes.pod.namespace", "team"),
+        ])
+    );
+
+    // A pod deleted on node-a leaves that node's endpoint list; node-b's replica keeps the identity.
+    // No kubelet here to finish a graceful deletion: force it.
+    let out =
+        kube.kubectl(&["delete", "pod", "-n", "team", "a-0", "--grace-period=0", "--force"]).expect("delete");
+    assert!(out.success(), "{out}");
+    wait_for("a-0 to leave node-a's endpoints", Duration::from_secs(20), || {
+        endpoints(&agent_a).iter().all(|e| e.name != "a-0").then_some(())
+    });
+}

@@ -46,7 +46,8 @@ fn pod_info(pod: &Pod) -> Option<(Key, Option<PodInfo>)> {
     let status = pod.status.as_ref();
     let finished = status.and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
     let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-    if finished || host_network || pod.metadata.deletion_timestamp.is_some() && status.is_none() {
+    // A terminating pod still runs (and talks) until it is gone: it keeps its identity.
+    if finished || host_network {
         return Some((key, None));
     }
     let mut ips: Vec<IpAddr> = status
