@@ -6,6 +6,8 @@
 //! discovery.k8s.io/v1 EndpointSlice path (terminating endpoints, relist
 //! after lost history) runs against the local stand-in (`kube_standin`).
 
+mod common;
+
 use axon_api::{BackendState, Service};
 use axon_lab::check::{answers, assert_spread, show};
 use axon_lab::kube::KubeCluster;
@@ -294,4 +296,95 @@ fn discovery_v1_slices_with_terminating_endpoints_from_the_standin() {
 
     standin.delete("Service", "shop", "web");
     wait_services(&agent, "service deleted", |l| named(l, "shop/web:http").is_empty());
+}
+
+/// Makes the apiserver (on the host's loopback) reachable on the same port
+/// of `netns`'s loopback, where a node's agent runs: a TCP relay whose
+/// listening socket is created inside the namespace.
+fn relay_into(netns: &axon_lab::Netns, port: u16, target: SocketAddr) {
+    let listener = netns
+        .run(move || std::net::TcpListener::bind(("127.0.0.1", port)))
+        .expect("enter netns")
+        .unwrap_or_else(|e| panic!("relay listener in {}: {e}", netns.label()));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(upstream) = std::net::TcpStream::connect(target) else { continue };
+            let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else { continue };
+            let (mut c, mut u) = (client, upstream);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut u2);
+                let _ = u2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+#[test]
+fn node_port_from_the_apiserver_with_external_traffic_policy_local() {
+    use common::{assert_answered, BACKEND_PORT as NS_BACKEND_PORT, Ns};
+    let kube = KubeCluster::start().expect("kube-apiserver");
+    let shape = axon_lab::MultiNodeOptions { nodes: 2, backends_per_node: 1, ..Default::default() };
+    let lab = axon_lab::MultiNodeLab::with_options("k8snp", &shape).expect("lab");
+    let servers = lab.serve_all(NS_BACKEND_PORT).expect("backends");
+    // The agents run inside the node namespaces: relay the apiserver into each.
+    let target: SocketAddr = kube.server().trim_start_matches("https://").parse().expect("apiserver address");
+    for node in lab.nodes() {
+        relay_into(node.netns(), target.port(), target);
+    }
+    let opts = AgentOptions {
+        k8s_kubeconfig: Some(kube.kubeconfig().to_path_buf()),
+        xdp_mode: Some(axon_lab::XdpSetting::Disabled),
+        ..AgentOptions::default()
+    };
+    let cluster = lab.start_agents(&opts).expect("agents");
+    let ns = Ns { cluster, servers, lab };
+
+    let addresses: Vec<_> = ns
+        .lab
+        .backends()
+        .iter()
+        .map(|b| json!({"ip": b.ip(false).to_string(), "nodeName": b.node_name()}))
+        .collect();
+    let service = |policy: &str| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np", "namespace": "default"},
+               "spec": {"type": "NodePort", "externalTrafficPolicy": policy,
+                        "ports": [{"name": "http", "port": 80, "nodePort": 30080, "targetPort": NS_BACKEND_PORT,
+                                   "protocol": "TCP"}]}})
+        .to_string()
+    };
+    kube.apply(&service("Cluster")).expect("service");
+    kube.apply(
+        &json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "np", "namespace": "default"},
+                "subsets": [{"addresses": addresses, "ports": [{"name": "http", "port": NS_BACKEND_PORT, "protocol": "TCP"}]}]})
+        .to_string(),
+    )
+    .expect("endpoints");
+    for agent in ns.cluster.agents() {
+        wait_services(agent, "NodePort served", |l| {
+            named(l, "default/np:http").iter().any(|s| s.svc_type == axon_api::ServiceType::NodePort && s.backends.len() == 2)
+        });
+    }
+    // Cluster: either node reaches every backend.
+    let via1 = ns.probe_ok(&axon_lab::Probe::tcp(ns.lab.node(1).addr(false, 30080)).count(40), "NodePort via node-1");
+    assert_answered(&via1, &ns.all_names(), "eTP=Cluster via node-1");
+
+    // Local: each node only its own backend.
+    kube.apply(&service("Local")).expect("eTP=Local");
+    for agent in ns.cluster.agents() {
+        wait_services(agent, "eTP=Local", |l| {
+            named(l, "default/np:http").iter().any(|s| {
+                s.svc_type == axon_api::ServiceType::NodePort
+                    && s.options.external_traffic_policy == axon_api::TrafficPolicy::Local
+            })
+        });
+    }
+    for i in [1, 2] {
+        let what = format!("eTP=Local via node-{i}");
+        let attempts = ns.probe_ok(&axon_lab::Probe::tcp(ns.lab.node(i).addr(false, 30080)).count(20), &what);
+        assert_answered(&attempts, &ns.names_of(i), &what);
+    }
 }
