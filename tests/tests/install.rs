@@ -163,6 +163,7 @@ fn chart_installs_on_a_real_apiserver_and_quick_install_is_in_sync() {
     check_operator(&kube);
     check_rbac(&kube);
     check_operator_runs_with_its_rbac(&kube);
+    check_agent_runs_with_its_rbac(&kube);
     check_upgrade_to_kvstore_and_mesh(&kube);
 }
 
@@ -201,6 +202,61 @@ fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The agent, holding only the chart's RBAC (its ServiceAccount, impersonated), serves a Service created with
+/// kubectl (real TCP through socket-LB to the backend) and allocates an identity as an AxonIdentity object.
+fn check_agent_runs_with_its_rbac(kube: &KubeCluster) {
+    let kubeconfig = std::env::temp_dir().join(format!("axon-agent-sa-{}.kubeconfig", std::process::id()));
+    let _rm = RemoveDir(kubeconfig.clone());
+    kubeconfig_as(kube, "system:serviceaccount:kube-system:axon-agent", &kubeconfig);
+    let lab = axon_lab::Lab::new("rbacag", 1).expect("lab");
+    let _servers = lab.serve_all(8080).expect("backend");
+    let backend: std::net::IpAddr = lab.backend(1).ipv4().into();
+    kube.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: rbac}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: rbac}}\n\
+         spec: {{clusterIP: 10.96.88.88, ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP}}]}}\n---\n\
+         apiVersion: v1\nkind: Endpoints\nmetadata: {{name: web, namespace: rbac}}\n\
+         subsets: [{{addresses: [{{ip: {backend}, nodeName: node-1}}], ports: [{{name: http, port: 8080, protocol: TCP}}]}}]\n"
+    ))
+    .expect("service");
+    let opts = axon_lab::AgentOptions {
+        k8s_kubeconfig: Some(kubeconfig.clone()),
+        node_name: Some("node-1".into()),
+        ..axon_lab::AgentOptions::default()
+    }
+    .with_args(&["--identity-allocation-mode", "crd"]);
+    let agent = lab.start_agent_with(opts).expect("agent");
+    poll("the agent to serve rbac/web", Duration::from_secs(30), || {
+        let list = agent.list_services().ok()?;
+        list.iter().any(|s| s.name.as_deref() == Some("rbac/web:http") && !s.backends.is_empty()).then_some(())
+    });
+    let vip = std::net::SocketAddr::from(([10, 96, 88, 88], 80));
+    axon_lab::check::assert_spread(&lab.tcp(vip, 10).expect("tcp"), &["backend-1"], "rbac/web through socket-LB");
+
+    // A pod on the agent's node: the pod watcher (pods and namespaces, read) allocates its identity as an
+    // AxonIdentity (create, then confirm by update).
+    kube.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: probe, namespace: rbac, labels: {app: rbac-probe}}\n\
+         spec: {nodeName: node-1, containers: [{name: c, image: registry.invalid/none}]}\n",
+    )
+    .expect("pod");
+    let identity = poll("a confirmed AxonIdentity for the probe's labels", Duration::from_secs(20), || {
+        let list = get_json(kube, &["axonidentities"]);
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|i| {
+                i["spec"]["securityLabels"]["k8s:app"] == "rbac-probe"
+                    && i["metadata"]["annotations"]["axon.io/identity-state"] == "confirmed"
+            })
+            .cloned()
+    });
+    let name = &identity["metadata"]["name"];
+    assert!(name.as_str().is_some_and(|n| n.parse::<u32>().is_ok()), "identity name {name}");
+    let log = agent.log();
+    assert!(!log.contains("forbidden"), "the agent was denied something its role should allow:\n{log}");
 }
 
 /// The operator, holding only the chart's RBAC (its ServiceAccount, impersonated), does all of its work:
