@@ -311,25 +311,64 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+/* A message below this size counts toward a small-write stream. */
+#define MESH_SMALL_MSG 8192
+/* Small messages in a row, unanswered, before a direction leaves the shortcut. */
+#define MESH_STREAM_STREAK 64
+
+/* Per-direction choice (see struct mesh_flow): 1 = redirect this message. */
+static __always_inline int keep_shortcut(const struct mesh_sock_key *own, const struct mesh_sock_key *peer, __u32 size)
+{
+	struct mesh_flow *f = bpf_map_lookup_elem(&axon_mesh_flows, own);
+	if (f && f->pass)
+		return 0;
+	/* The peer receives this one: its next message answers it. */
+	struct mesh_flow *pf = bpf_map_lookup_elem(&axon_mesh_flows, peer);
+	if (pf && pf->streak)
+		pf->streak = 0;
+	if (size >= MESH_SMALL_MSG) {
+		if (f && f->streak)
+			f->streak = 0;
+		return 1;
+	}
+	if (!f) {
+		struct mesh_flow init = {.streak = 1};
+		bpf_map_update_elem(&axon_mesh_flows, own, &init, BPF_ANY);
+		return 1;
+	}
+	if (++f->streak < MESH_STREAM_STREAK)
+		return 1;
+	f->pass = 1;
+	count(AXON_MESH_M_STREAM_PASS, 1);
+	return 0;
+}
+
 SEC("sk_msg")
 int mesh_msg(struct sk_msg_md *msg)
 {
-	struct mesh_sock_key peer = {};
+	struct mesh_sock_key own = {}, peer = {};
 	if (msg->family == AF_INET) {
-		set_v4(peer.local, msg->remote_ip4);
-		set_v4(peer.remote, msg->local_ip4);
+		set_v4(own.local, msg->local_ip4);
+		set_v4(own.remote, msg->remote_ip4);
 	} else if (msg->family == AF_INET6) {
-		__u32 l[4] = {CTX32(msg->local_ip6[0]), CTX32(msg->local_ip6[1]), CTX32(msg->local_ip6[2]), CTX32(msg->local_ip6[3])};
-		__u32 r[4] = {CTX32(msg->remote_ip6[0]), CTX32(msg->remote_ip6[1]), CTX32(msg->remote_ip6[2]), CTX32(msg->remote_ip6[3])};
-		set_v6(peer.local, r);
-		set_v6(peer.remote, l);
+		__u32 l[4] = {CTX32(msg->local_ip6[0]), CTX32(msg->local_ip6[1]), CTX32(msg->local_ip6[2]),
+			      CTX32(msg->local_ip6[3])};
+		__u32 r[4] = {CTX32(msg->remote_ip6[0]), CTX32(msg->remote_ip6[1]), CTX32(msg->remote_ip6[2]),
+			      CTX32(msg->remote_ip6[3])};
+		set_v6(own.local, l);
+		set_v6(own.remote, r);
 	} else {
 		return SK_PASS;
 	}
-	peer.local_port = bpf_ntohl(msg->remote_port);
-	peer.remote_port = msg->local_port;
-	key_netns(&peer, bpf_get_netns_cookie(msg));
-	__u64 size = msg->size;
+	own.local_port = msg->local_port;
+	own.remote_port = bpf_ntohl(msg->remote_port);
+	key_netns(&own, bpf_get_netns_cookie(msg));
+	swap_key(&own, &peer);
+	__u32 size = msg->size;
+	if (!keep_shortcut(&own, &peer, size)) {
+		count(AXON_MESH_M_PASSED, 1);
+		return SK_PASS;
+	}
 	/* Without a peer in the map the redirect fails and leaves no target:
 	 * SK_PASS then sends through the stack as usual. */
 	if (bpf_msg_redirect_hash(msg, &axon_mesh_sockhash, &peer, BPF_F_INGRESS) == SK_PASS) {

@@ -91,6 +91,9 @@ pub struct MeshCounters {
     pub messages_redirected: u64,
     pub messages_passed: u64,
     pub bytes_redirected: u64,
+    /// Directions that left the shortcut for the stack (small-write streams).
+    #[serde(default)]
+    pub streams_to_stack: u64,
 }
 
 /// Answer of `GET /v1/mesh` and of every change.

@@ -82,6 +82,18 @@ struct mesh_sock_key {
 	__u64 netns;
 };
 
+/* axon_mesh_flows (LRU): one sending socket (its own view) -> whether its
+ * messages still take the shortcut. A run of small messages with no answer
+ * from the peer (a stream of small writes, where the stack's batching beats
+ * one redirect per write) turns the shortcut off for that direction, for
+ * good: data already redirected sits in the peer's queue, which the peer
+ * reads before anything that arrives through the stack, so bytes stay in
+ * order. Switching back would not be safe, and is never done. */
+struct mesh_flow {
+	__u32 streak; /* small messages sent since the peer last sent */
+	__u32 pass;   /* 1: through the stack from now on */
+};
+
 /* axon_mesh_metrics (per-CPU array) indices. */
 #define AXON_MESH_M_OUTBOUND     0 /* connects captured to the outbound port */
 #define AXON_MESH_M_INBOUND      1 /* connects captured to the inbound port */
@@ -92,6 +104,7 @@ struct mesh_sock_key {
 #define AXON_MESH_M_REDIRECTED   6 /* messages redirected to the peer socket */
 #define AXON_MESH_M_PASSED       7 /* messages sent through the stack (no peer) */
 #define AXON_MESH_M_BYTES_REDIR  8 /* bytes redirected */
+#define AXON_MESH_M_STREAM_PASS  9 /* flows switched to the stack (small-write streams) */
 #define AXON_MESH_M_MAX          16
 
 struct {
@@ -142,6 +155,14 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_mesh_sockhash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct mesh_sock_key);
+	__type(value, struct mesh_flow);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

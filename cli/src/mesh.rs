@@ -115,7 +115,7 @@ fn render(st: &MeshStatus) -> String {
     let c = &st.counters;
     text.push_str(&format!(
         "\nCounters: captured outbound {}, inbound {}, excluded {}, SO_ORIGINAL_DST answered {}\n\
-         \x20         sockets bypassed {} (insert failures {}), messages redirected {} ({} bytes), passed {}\n",
+         \x20         sockets bypassed {} (insert failures {}), messages redirected {} ({} bytes), passed {}, streams sent through the stack {}\n",
         c.captured_outbound,
         c.captured_inbound,
         c.excluded,
@@ -124,7 +124,8 @@ fn render(st: &MeshStatus) -> String {
         c.sockhash_insert_failures,
         c.messages_redirected,
         c.bytes_redirected,
-        c.messages_passed
+        c.messages_passed,
+        c.streams_to_stack
     ));
     text
 }

@@ -452,6 +452,7 @@ impl MeshManager {
             messages_redirected: read(metric::REDIRECTED),
             messages_passed: read(metric::PASSED),
             bytes_redirected: read(metric::BYTES_REDIRECTED),
+            streams_to_stack: read(metric::STREAMS_TO_STACK),
         }
     }
 }

@@ -13,9 +13,10 @@ pub mod names {
     pub const PAIRS: &str = "axon_mesh_pairs";
     pub const SOCKHASH: &str = "axon_mesh_sockhash";
     pub const METRICS: &str = "axon_mesh_metrics";
+    pub const FLOWS: &str = "axon_mesh_flows";
 
     /// Every map the mesh object defines.
-    pub const ALL: &[&str] = &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, METRICS];
+    pub const ALL: &[&str] = &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, METRICS, FLOWS];
 }
 
 /// `AXON_MESH_MODE_*`.
@@ -49,6 +50,7 @@ pub mod metric {
     pub const REDIRECTED: u32 = 6;
     pub const PASSED: u32 = 7;
     pub const BYTES_REDIRECTED: u32 = 8;
+    pub const STREAMS_TO_STACK: u32 = 9;
     /// Entries of the array.
     pub const MAX: u32 = 16;
 }
@@ -146,6 +148,14 @@ pub struct MeshSockKey {
     pub netns: u64,
 }
 
+/// `struct mesh_flow`: value of `axon_mesh_flows` (key: the sending socket's own [`MeshSockKey`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MeshFlow {
+    pub streak: u32,
+    pub pass: u32,
+}
+
 /// An address as the mesh maps store it: IPv4 v4-mapped.
 pub fn mapped(ip: IpAddr) -> [u8; 16] {
     match ip {
@@ -170,6 +180,7 @@ unsafe impl aya::Pod for MeshPodRef {}
 unsafe impl aya::Pod for MeshCidrKey {}
 unsafe impl aya::Pod for MeshOrig {}
 unsafe impl aya::Pod for MeshSockKey {}
+unsafe impl aya::Pod for MeshFlow {}
 
 #[cfg(test)]
 mod tests {
