@@ -37,11 +37,14 @@ demo: deps build
 	@bash scripts/demo.sh
 
 ## bench: socket-LB vs iptables vs nftables (issue #2), then NodePort through iptables, tc and XDP (issue #3);
-## BENCH_ARGS / NODEPORT_BENCH_ARGS pass options (e.g. --quick)
+## then sidecar mesh capture (issue #5); BENCH_ARGS / NODEPORT_BENCH_ARGS / MESH_BENCH_ARGS pass options (e.g. --quick)
 bench: deps release
 	$(CARGO) run --release -p axon-bench --bin axon-bench -- $(BENCH_ARGS)
 	@if [ -f bench/src/bin/axon-bench-nodeport.rs ]; then \
 		$(CARGO) run --release -p axon-bench --bin axon-bench-nodeport -- $(NODEPORT_BENCH_ARGS); \
+	fi
+	@if [ -f bench/src/bin/axon-bench-mesh.rs ]; then \
+		$(CARGO) run --release -p axon-bench --bin axon-bench-mesh -- $(MESH_BENCH_ARGS); \
 	fi
 	bash scripts/kube-build.sh >/dev/null
 	$(CARGO) run --release -p axon-bench --bin axon-bench -- k8s $(K8S_BENCH_ARGS)

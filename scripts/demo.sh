@@ -283,3 +283,7 @@ nshow service list
 nshow bpf lb list
 printf '\n$ agentctl bpf ct list | head -n 6   # two entries per connection: as it arrives, and its reply\n'
 nctl bpf ct list | head -n 6
+
+# -------------------------------------------------------------------- mesh
+step "Mesh acceleration: Envoy sidecars without iptables, and the per-pod toggle (scripts/demo-mesh.sh)"
+TARGET_DIR="$TARGET_DIR" bash "$ROOT/scripts/demo-mesh.sh"

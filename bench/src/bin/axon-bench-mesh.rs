@@ -59,7 +59,7 @@ fn write_section(path: &PathBuf, section: &str) -> anyhow::Result<()> {
     let block = format!("{START}\n{section}{END}");
     let new = match (text.find(START), text.find(END)) {
         (Some(a), Some(b)) if b > a => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
-        _ => format!("{}\n## Mesh acceleration: measured (`axon-bench-mesh`)\n\n{block}\n", text.trim_end()),
+        _ => format!("{}\n\n## Mesh acceleration: measured (`axon-bench-mesh`)\n\n{block}\n", text.trim_end()),
     };
     std::fs::write(path, new)?;
     Ok(())

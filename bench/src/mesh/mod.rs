@@ -230,7 +230,7 @@ pub fn report(results: &[ScenarioResult], command: &str, opts: &Options) -> Stri
     let base = results.iter().find(|r| r.scenario == Scenario::Iptables).map(|r| r.keepalive.clone());
     let _ = writeln!(
         s,
-        "| path | keep-alive req/s | p50 | p99 | vs (a) req/s | vs (a) p50 | new conn req/s | new conn p50 | errors |"
+        "| path | keep-alive req/s | p50 | p99 | vs (a) req/s | vs (a) p50 | new conn req/s | new conn p50 | wrk errors (keep-alive / new conn) |"
     );
     let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in results {
@@ -242,14 +242,15 @@ pub fn report(results: &[ScenarioResult], command: &str, opts: &Options) -> Stri
         };
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} µs | {:.0} µs | {x_rps} | {x_p50} | {:.0} | {:.0} µs | {} |",
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {x_rps} | {x_p50} | {:.0} | {:.0} µs | {} / {} |",
             r.scenario.label(),
             r.keepalive.rps,
             r.keepalive.p50_us,
             r.keepalive.p99_us,
             r.newconn.rps,
             r.newconn.p50_us,
-            r.keepalive.errors + r.newconn.errors
+            r.keepalive.errors,
+            r.newconn.errors
         );
     }
     let _ = writeln!(s, "\nStreaming one way into a sink through both sidecars, MB/s by write size:\n");
