@@ -87,7 +87,11 @@ impl KubeStandin {
             ),
         )
         .ctx(|| "writing the stand-in kubeconfig".to_string())?;
-        let shared = Arc::new(Shared { store: Mutex::new(Store::default()), changed: Condvar::new(), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
         let accept_shared = shared.clone();
         listener.set_nonblocking(true).ctx(|| "stand-in listener".to_string())?;
         std::thread::spawn(move || accept_loop(listener, accept_shared));
@@ -114,7 +118,11 @@ impl KubeStandin {
             .iter()
             .find(|k| k.kind == kind)
             .ok_or_else(|| LabError::Setup(format!("the stand-in does not serve {kind}")))?;
-        let ns = if k.namespaced { object["metadata"]["namespace"].as_str().unwrap_or("default").to_string() } else { String::new() };
+        let ns = if k.namespaced {
+            object["metadata"]["namespace"].as_str().unwrap_or("default").to_string()
+        } else {
+            String::new()
+        };
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let mut store = self.lock();
         store.rv += 1;
@@ -286,8 +294,10 @@ fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             let resources: Vec<Value> = KINDS
                 .iter()
                 .filter(|k| k.api_version == group_version)
-                .map(|k| json!({"name": k.plural, "singularName": "", "namespaced": k.namespaced, "kind": k.kind,
-                                "verbs": ["get", "list", "watch"]}))
+                .map(|k| {
+                    json!({"name": k.plural, "singularName": "", "namespaced": k.namespaced, "kind": k.kind,
+                                "verbs": ["get", "list", "watch"]})
+                })
                 .collect();
             return respond(
                 &stream,
@@ -310,7 +320,8 @@ fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
 
 fn list(stream: &TcpStream, shared: &Shared, kind: &Kind) -> std::io::Result<()> {
     let store = shared.store.lock().unwrap_or_else(|p| p.into_inner());
-    let items: Vec<Value> = store.objects.iter().filter(|((k, _, _), _)| k == kind.kind).map(|(_, v)| v.clone()).collect();
+    let items: Vec<Value> =
+        store.objects.iter().filter(|((k, _, _), _)| k == kind.kind).map(|(_, v)| v.clone()).collect();
     let body = json!({"kind": format!("{}List", kind.kind), "apiVersion": kind.api_version,
                       "metadata": {"resourceVersion": store.rv.to_string()}, "items": items});
     drop(store);
@@ -361,7 +372,11 @@ fn watch(mut stream: TcpStream, shared: &Shared, kind: &Kind, req: &Request) -> 
         }
         store = shared.store.lock().unwrap_or_else(|p| p.into_inner());
         if store.rv <= since {
-            store = shared.changed.wait_timeout(store, Duration::from_millis(500)).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            store = shared
+                .changed
+                .wait_timeout(store, Duration::from_millis(500))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 }

@@ -187,7 +187,11 @@ fn kubectl_services_are_served_and_followed_through_restarts() {
     // scaled. The pinned datapath keeps serving; the restarted agent's
     // relist removes sig and applies the scale.
     agent.stop().expect("stop agent");
-    assert_spread(&lab.tcp(SocketAddr::new(vip, 81), REQUESTS).expect("tcp"), &["backend-1", "backend-3"], "agent down");
+    assert_spread(
+        &lab.tcp(SocketAddr::new(vip, 81), REQUESTS).expect("tcp"),
+        &["backend-1", "backend-3"],
+        "agent down",
+    );
     kube.kubectl(&["-n", ns, "delete", "service", "sig"]).expect("delete sig");
     kube.apply(&endpoints_yaml(ns, "web", &backend_ips(&lab, &[1]))).expect("scale while agent down");
     agent.start_again().expect("agent again");
@@ -198,7 +202,9 @@ fn kubectl_services_are_served_and_followed_through_restarts() {
 
     // Deleted: its frontends go.
     kube.kubectl(&["-n", ns, "delete", "service", "web"]).expect("delete web");
-    wait_services(&agent, "web deleted", |l| named(l, "shop/web:http").is_empty() && named(l, "shop/web:dns").is_empty());
+    wait_services(&agent, "web deleted", |l| {
+        named(l, "shop/web:http").is_empty() && named(l, "shop/web:dns").is_empty()
+    });
     let gone = lab.tcp(SocketAddr::new(vip, 81), 2).expect("tcp");
     assert!(gone.iter().all(|a| a.answer.is_none()), "deleted service still served:\n{}", show(&gone));
 }
@@ -290,7 +296,9 @@ fn discovery_v1_slices_with_terminating_endpoints_from_the_standin() {
     standin.apply(slice("web-abcde", json!([ready(ips[0])]))).expect("update during the gap");
     standin.compact();
     standin.drop_watches();
-    wait_services(&agent, "relist after 410", |l| active_backends(l, "shop/web:http") == vec![SocketAddr::new(ips[0], BACKEND_PORT)]);
+    wait_services(&agent, "relist after 410", |l| {
+        active_backends(l, "shop/web:http") == vec![SocketAddr::new(ips[0], BACKEND_PORT)]
+    });
     let a = lab.tcp(vip80, REQUESTS).expect("tcp");
     assert_eq!(answers(&a).into_keys().collect::<Vec<_>>(), vec!["backend-1".to_string()], "{}", show(&a));
 
@@ -325,7 +333,7 @@ fn relay_into(netns: &axon_lab::Netns, port: u16, target: SocketAddr) {
 
 #[test]
 fn node_port_from_the_apiserver_with_external_traffic_policy_local() {
-    use common::{assert_answered, BACKEND_PORT as NS_BACKEND_PORT, Ns};
+    use common::{assert_answered, Ns, BACKEND_PORT as NS_BACKEND_PORT};
     let kube = KubeCluster::start().expect("kube-apiserver");
     let shape = axon_lab::MultiNodeOptions { nodes: 2, backends_per_node: 1, ..Default::default() };
     let lab = axon_lab::MultiNodeLab::with_options("k8snp", &shape).expect("lab");
@@ -343,12 +351,8 @@ fn node_port_from_the_apiserver_with_external_traffic_policy_local() {
     let cluster = lab.start_agents(&opts).expect("agents");
     let ns = Ns { cluster, servers, lab };
 
-    let addresses: Vec<_> = ns
-        .lab
-        .backends()
-        .iter()
-        .map(|b| json!({"ip": b.ip(false).to_string(), "nodeName": b.node_name()}))
-        .collect();
+    let addresses: Vec<_> =
+        ns.lab.backends().iter().map(|b| json!({"ip": b.ip(false).to_string(), "nodeName": b.node_name()})).collect();
     let service = |policy: &str| {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np", "namespace": "default"},
                "spec": {"type": "NodePort", "externalTrafficPolicy": policy,
@@ -365,7 +369,9 @@ fn node_port_from_the_apiserver_with_external_traffic_policy_local() {
     .expect("endpoints");
     for agent in ns.cluster.agents() {
         wait_services(agent, "NodePort served", |l| {
-            named(l, "default/np:http").iter().any(|s| s.svc_type == axon_api::ServiceType::NodePort && s.backends.len() == 2)
+            named(l, "default/np:http")
+                .iter()
+                .any(|s| s.svc_type == axon_api::ServiceType::NodePort && s.backends.len() == 2)
         });
     }
     // Cluster: either node reaches every backend.

@@ -75,12 +75,12 @@ pub async fn detect_endpoints_api(client: &kube::Client) -> EndpointsApi {
     }
 }
 
-/// One watch event of any kind.
+/// One watch event of any kind (boxed: the kinds differ a lot in size).
 enum Msg {
-    Service(Event<Service>),
-    Endpoints(Event<Endpoints>),
-    Slice(Event<EndpointSlice>),
-    Node(Event<Node>),
+    Service(Box<Event<Service>>),
+    Endpoints(Box<Event<Endpoints>>),
+    Slice(Box<Event<EndpointSlice>>),
+    Node(Box<Event<Node>>),
 }
 
 type MsgStream = Pin<Box<dyn Stream<Item = Msg> + Send>>;
@@ -88,12 +88,12 @@ type MsgStream = Pin<Box<dyn Stream<Item = Msg> + Send>>;
 fn watch<K, F>(api: Api<K>, wrap: F) -> MsgStream
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-    F: Fn(Event<K>) -> Msg + Send + 'static,
+    F: Fn(Box<Event<K>>) -> Msg + Send + 'static,
 {
     let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or("object");
     Box::pin(watcher::watcher(api, watcher::Config::default()).default_backoff().filter_map(move |r| {
         let msg = match r {
-            Ok(ev) => Some(wrap(ev)),
+            Ok(ev) => Some(wrap(Box::new(ev))),
             Err(e) => {
                 // The backoff retries; the watcher resumes or relists.
                 warn!(kind, error = %e, "Kubernetes watch failed; retrying");
@@ -191,23 +191,23 @@ impl State {
     /// Applies one watch event; answers whether something needs a reconcile.
     fn handle(&mut self, msg: Msg) -> bool {
         match msg {
-            Msg::Service(ev) => match self.services.apply(ev) {
+            Msg::Service(ev) => match self.services.apply(*ev) {
                 Change::One(old, new) => self.mark(old.iter().chain(&new).map(Cache::key)),
                 Change::Relisted => self.full = true,
                 Change::Nothing => return false,
             },
-            Msg::Endpoints(ev) => match self.endpoints.apply(ev) {
+            Msg::Endpoints(ev) => match self.endpoints.apply(*ev) {
                 Change::One(old, new) => self.mark(old.iter().chain(&new).map(Cache::key)),
                 Change::Relisted => self.full = true,
                 Change::Nothing => return false,
             },
-            Msg::Slice(ev) => match self.slices.apply(ev) {
+            Msg::Slice(ev) => match self.slices.apply(*ev) {
                 Change::One(old, new) => self.mark(old.iter().chain(&new).filter_map(slice_service_key)),
                 Change::Relisted => self.full = true,
                 Change::Nothing => return false,
             },
             // Node addresses decide which endpoints without a nodeName are local: recheck all.
-            Msg::Node(ev) => match self.nodes.apply(ev) {
+            Msg::Node(ev) => match self.nodes.apply(*ev) {
                 Change::One(..) | Change::Relisted => self.full = true,
                 Change::Nothing => return false,
             },
@@ -335,7 +335,8 @@ async fn reconcile(
                 }
             },
         };
-        let unchanged = state.applied.get(&key) == specs.as_ref() || (specs.is_none() && !state.applied.contains_key(&key));
+        let unchanged =
+            state.applied.get(&key) == specs.as_ref() || (specs.is_none() && !state.applied.contains_key(&key));
         if unchanged && !full {
             report(state, client, config, &key, service.as_ref(), problems).await;
             continue;

@@ -103,7 +103,13 @@ pub fn groups_from_endpoints(ep: &Endpoints) -> Vec<EpGroup> {
         for (list, ready) in [(&subset.addresses, true), (&subset.not_ready_addresses, false)] {
             for a in list.iter().flatten() {
                 if let Ok(address) = a.ip.parse() {
-                    endpoints.push(Ep { address, ready, serving: ready, terminating: false, node: a.node_name.clone() });
+                    endpoints.push(Ep {
+                        address,
+                        ready,
+                        serving: ready,
+                        terminating: false,
+                        node: a.node_name.clone(),
+                    });
                 }
             }
         }
@@ -190,9 +196,8 @@ fn backends_for(sp: &ServicePort, proto: Protocol, groups: &[EpGroup], problems:
     candidates
         .into_iter()
         .filter_map(|(e, port)| {
-            let state = if e.ready && !e.terminating {
-                BackendState::Active
-            } else if e.terminating && e.serving && !any_ready {
+            let takes_new = (e.ready && !e.terminating) || (e.terminating && e.serving && !any_ready);
+            let state = if takes_new {
                 BackendState::Active
             } else if e.terminating {
                 BackendState::Terminating
@@ -251,8 +256,11 @@ pub fn translate(svc: &Service, groups: &[EpGroup], proxy_name: Option<&str>) ->
         .flatten()
         .filter_map(|i| i.ip.clone())
         .collect();
-    let lb_ips =
-        if svc_type == "LoadBalancer" { parse_ips(Some(&ingress), "status.loadBalancer.ingress", &mut problems) } else { vec![] };
+    let lb_ips = if svc_type == "LoadBalancer" {
+        parse_ips(Some(&ingress), "status.loadBalancer.ingress", &mut problems)
+    } else {
+        vec![]
+    };
     let options = options(&spec, &mut problems);
     let name = svc.metadata.name.clone().unwrap_or_default();
     let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -357,10 +365,8 @@ fn options(spec: &k8s_openapi::api::core::v1::ServiceSpec, problems: &mut Vec<Pr
         })
         .collect();
     let external_traffic_policy = policy(spec.external_traffic_policy.as_ref());
-    let health_check_node_port = spec
-        .health_check_node_port
-        .filter(|_| external_traffic_policy == TrafficPolicy::Local)
-        .and_then(|p| {
+    let health_check_node_port =
+        spec.health_check_node_port.filter(|_| external_traffic_policy == TrafficPolicy::Local).and_then(|p| {
             let port = port_u16(p);
             if port.is_none() {
                 problems.push(format!("spec.healthCheckNodePort: {p} is not a port (1-65535); skipped"));
@@ -388,7 +394,10 @@ mod tests {
 
     fn group(ports: &[(&str, i32, &str)], eps: &[(&str, bool, bool, bool, &str)]) -> EpGroup {
         EpGroup {
-            ports: ports.iter().map(|(n, p, pr)| EpPort { name: n.to_string(), port: *p, protocol: pr.to_string() }).collect(),
+            ports: ports
+                .iter()
+                .map(|(n, p, pr)| EpPort { name: n.to_string(), port: *p, protocol: pr.to_string() })
+                .collect(),
             endpoints: eps
                 .iter()
                 .map(|(a, ready, serving, terminating, node)| Ep {

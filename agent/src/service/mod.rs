@@ -747,7 +747,10 @@ mod tests {
         let first = m
             .replace_owned(
                 "ns/web",
-                vec![owned("ns/web:http", "10.96.0.1", 80, &["10.0.0.1:80"]), owned("ns/web:dns", "10.96.0.1", 53, &[])],
+                vec![
+                    owned("ns/web:http", "10.96.0.1", 80, &["10.0.0.1:80"]),
+                    owned("ns/web:dns", "10.96.0.1", 53, &[]),
+                ],
             )
             .unwrap();
         assert_eq!(m.owners(), vec!["ns/web".to_string()]);

@@ -661,8 +661,13 @@ impl Reconciler {
             self.maps.delete_source_range(svc.id, range)?;
         }
 
-        let new =
-            Realized { frontend: fe, scopes: new_scopes, source_ranges: plan.source_ranges, rev_nat_ok: true, draining };
+        let new = Realized {
+            frontend: fe,
+            scopes: new_scopes,
+            source_ranges: plan.source_ranges,
+            rev_nat_ok: true,
+            draining,
+        };
         self.usage = self.usage.minus(old.as_ref().map(footprint).unwrap_or_default()).plus(footprint(&new));
         self.realized.insert(svc.id, new);
         let old_ids = old.iter().flat_map(|o| o.scopes.values().flat_map(|s| s.slots.iter()).chain(&o.draining));
@@ -1130,7 +1135,8 @@ pub(crate) mod tests {
             let slot = m.slots.iter().find(|(k, _)| k.slot == 1).map(|(_, v)| v.backend_id).unwrap();
             assert_eq!(m.backends[&slot].addr.address.to_string(), "10.0.0.2");
             // 10.0.0.1 stays resolvable for the flows already on it.
-            let draining: Vec<_> = m.backends.values().filter(|b| b.state & 0x7f == backend_state::TERMINATING).collect();
+            let draining: Vec<_> =
+                m.backends.values().filter(|b| b.state & 0x7f == backend_state::TERMINATING).collect();
             assert_eq!(draining.len(), 1);
             assert_eq!(draining[0].addr.address.to_string(), "10.0.0.1");
         }
