@@ -231,25 +231,41 @@ fn kvstore_allocation_is_shared_survives_member_loss_and_outages_and_expires_wit
     let _servers = lab.serve_all(BACKEND_PORT).expect("servers");
     let agent_a = lab.start_agent_with(kv_agent_options("node-a", &eps)).expect("agent a");
     let cgroup_b = Cgroup::create(&format!("{}-b", lab.id())).expect("second cgroup");
-    let mut agent_b = Agent::start(&format!("{}-b", lab.id()), cgroup_b.path(), kv_agent_options("node-b", &eps))
-        .expect("agent b");
+    let mut agent_b =
+        Agent::start(&format!("{}-b", lab.id()), cgroup_b.path(), kv_agent_options("node-b", &eps)).expect("agent b");
     let vip: SocketAddr = "10.96.0.10:80".parse().expect("vip");
-    agent_a.create_service(&spec("default/web", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT))).expect("svc");
+    agent_a
+        .create_service(&spec("default/web", vip, Protocol::Tcp, &lab.backend_addrs(false, BACKEND_PORT)))
+        .expect("svc");
 
     // Both agents at once: the same label sets on each, and some only B has.
     const N: usize = 6;
     let (ids_a, ids_b) = std::thread::scope(|s| {
         let a = s.spawn(|| {
             (0..N)
-                .map(|i| ready_id(&agent_a, "team", &format!("a-{i}"), &[&format!("10.201.0.{i}")], json!({"app": format!("svc-{i}")})))
+                .map(|i| {
+                    ready_id(
+                        &agent_a,
+                        "team",
+                        &format!("a-{i}"),
+                        &[&format!("10.201.0.{i}")],
+                        json!({"app": format!("svc-{i}")}),
+                    )
+                })
                 .collect::<Vec<u32>>()
         });
         let b = s.spawn(|| {
             (0..N)
                 .map(|i| {
-                    let only = ready_id(&agent_b, "team", &format!("b-only-{i}"), &[], json!({"app": format!("bonly-{i}")}));
-                    let shared =
-                        ready_id(&agent_b, "team", &format!("b-{i}"), &[&format!("10.201.1.{i}")], json!({"app": format!("svc-{i}")}));
+                    let only =
+                        ready_id(&agent_b, "team", &format!("b-only-{i}"), &[], json!({"app": format!("bonly-{i}")}));
+                    let shared = ready_id(
+                        &agent_b,
+                        "team",
+                        &format!("b-{i}"),
+                        &[&format!("10.201.1.{i}")],
+                        json!({"app": format!("svc-{i}")}),
+                    );
                     (shared, only)
                 })
                 .collect::<Vec<(u32, u32)>>()
@@ -362,12 +378,9 @@ fn crd_allocation_from_two_agents_at_once_gives_one_identity_per_label_set() {
     let lab = Lab::new("idcrd", 1).expect("lab");
     let agent_a = lab.start_agent_with(crd_agent_options("node-a", kube.kubeconfig())).expect("agent a");
     let cgroup_b = Cgroup::create(&format!("{}-b", lab.id())).expect("second cgroup");
-    let agent_b = Agent::start(
-        &format!("{}-b", lab.id()),
-        cgroup_b.path(),
-        crd_agent_options("node-b", kube.kubeconfig()),
-    )
-    .expect("agent b");
+    let agent_b =
+        Agent::start(&format!("{}-b", lab.id()), cgroup_b.path(), crd_agent_options("node-b", kube.kubeconfig()))
+            .expect("agent b");
 
     // One apply: both agents see their pods at the same moment and race for the same label sets.
     const N: usize = 4;
@@ -416,8 +429,7 @@ fn crd_allocation_from_two_agents_at_once_gives_one_identity_per_label_set() {
 
     // A pod deleted on node-a leaves that node's endpoint list; node-b's replica keeps the identity.
     // No kubelet here to finish a graceful deletion: force it.
-    let out =
-        kube.kubectl(&["delete", "pod", "-n", "team", "a-0", "--grace-period=0", "--force"]).expect("delete");
+    let out = kube.kubectl(&["delete", "pod", "-n", "team", "a-0", "--grace-period=0", "--force"]).expect("delete");
     assert!(out.success(), "{out}");
     wait_for("a-0 to leave node-a's endpoints", Duration::from_secs(20), || {
         endpoints(&agent_a).iter().all(|e| e.name != "a-0").then_some(())

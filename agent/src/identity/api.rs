@@ -121,10 +121,12 @@ pub async fn route(method: &Method, path: &str, body: Bytes) -> Reply {
                 None => alloc_error(AllocError::NotFound(format!("endpoint {namespace}/{name}"))),
             }
         }
-        Method::GET => match manager.lock().await.endpoints().into_iter().find(|e| e.namespace == namespace && e.name == name) {
-            Some(ep) => json(StatusCode::OK, &ep),
-            None => alloc_error(AllocError::NotFound(format!("endpoint {namespace}/{name}"))),
-        },
+        Method::GET => {
+            match manager.lock().await.endpoints().into_iter().find(|e| e.namespace == namespace && e.name == name) {
+                Some(ep) => json(StatusCode::OK, &ep),
+                None => alloc_error(AllocError::NotFound(format!("endpoint {namespace}/{name}"))),
+            }
+        }
         _ => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on an endpoint"), None),
     }
 }

@@ -107,7 +107,10 @@ impl CrdAllocator {
                 }
             }
         }
-        Err(AllocError::Unavailable(format!("allocation for {} did not settle in {MAX_ROUNDS} rounds", labels.canonical())))
+        Err(AllocError::Unavailable(format!(
+            "allocation for {} did not settle in {MAX_ROUNDS} rounds",
+            labels.canonical()
+        )))
     }
 
     /// Creates a pending object at the lowest free id: (id, resourceVersion),
@@ -122,7 +125,8 @@ impl CrdAllocator {
             .iter()
             .filter_map(|m| m.metadata.name.as_deref().and_then(|n| n.parse().ok()))
             .collect();
-        let id = (self.range.min..=self.range.max).find(|i| !used.contains(i)).ok_or(AllocError::Exhausted(self.range))?;
+        let id =
+            (self.range.min..=self.range.max).find(|i| !used.contains(i)).ok_or(AllocError::Exhausted(self.range))?;
         let obj = AxonIdentity {
             metadata: ObjectMeta {
                 name: Some(id.to_string()),

@@ -147,7 +147,8 @@ impl Source {
 /// Watches Namespaces and Pods until the process ends (the watchers retry
 /// with backoff while the apiserver is away).
 pub async fn run(client: kube::Client, manager: Shared, node: String) {
-    let namespaces = watcher::watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let namespaces =
+        watcher::watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default()).default_backoff();
     let pods = watcher::watcher(Api::<Pod>::all(client), watcher::Config::default()).default_backoff();
     futures::pin_mut!(namespaces, pods);
     let mut source = Source {

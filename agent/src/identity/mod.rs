@@ -106,8 +106,8 @@ impl AllocationMode {
 /// The allocator, one of three.
 pub enum Backend {
     Embedded { db: Arc<IdentityDb>, range: IdRange },
-    Kvstore(kvstore::KvAllocator),
-    Crd(crd::CrdAllocator),
+    Kvstore(Box<kvstore::KvAllocator>),
+    Crd(Box<crd::CrdAllocator>),
 }
 
 impl Backend {
@@ -343,14 +343,7 @@ impl IdentityManager {
             None => {
                 self.local.insert(
                     key.clone(),
-                    LocalEndpoint {
-                        ips,
-                        pod_labels,
-                        set,
-                        held: None,
-                        identity: None,
-                        pending: Some("new".into()),
-                    },
+                    LocalEndpoint { ips, pod_labels, set, held: None, identity: None, pending: Some("new".into()) },
                 );
             }
         }
@@ -385,9 +378,7 @@ impl IdentityManager {
         let known = self.remote.get(&key).filter(|r| r.set == set).and_then(|r| r.identity);
         let identity = match known {
             Some(id) => Some(id),
-            None => {
-                guarded(&mut self.down_until, self.backend.lookup(&set)).await.ok().flatten()
-            }
+            None => guarded(&mut self.down_until, self.backend.lookup(&set)).await.ok().flatten(),
         };
         self.remote.insert(key, RemoteEndpoint { ips, set, identity });
         self.sync_ipcache();
@@ -416,8 +407,12 @@ impl IdentityManager {
     /// One round of background work: pending endpoints, unresolved remote
     /// pods, and (kvstore) this node's references after a lease change.
     pub async fn retry(&mut self) {
-        let pending: Vec<Key> =
-            self.local.iter().filter(|(_, ep)| ep.pending.is_some() || ep.held.is_none()).map(|(k, _)| k.clone()).collect();
+        let pending: Vec<Key> = self
+            .local
+            .iter()
+            .filter(|(_, ep)| ep.pending.is_some() || ep.held.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut changed = false;
         for key in pending {
             if self.down_until.is_some_and(|t| Instant::now() < t) {
@@ -452,7 +447,8 @@ impl IdentityManager {
             return;
         }
         let store = kv.kv().clone();
-        if let Err(e) = guarded(&mut self.down_until, async { store.lease_id().await.map_err(AllocError::from) }).await {
+        if let Err(e) = guarded(&mut self.down_until, async { store.lease_id().await.map_err(AllocError::from) }).await
+        {
             warn!(error = %e, "kvstore lease unavailable");
             return;
         }
@@ -544,7 +540,9 @@ async fn guarded<T>(
     f: impl std::future::Future<Output = Result<T, AllocError>>,
 ) -> Result<T, AllocError> {
     if down_until.is_some_and(|t| Instant::now() < t) {
-        return Err(AllocError::Unavailable("the allocator did not answer recently; retrying in the background".into()));
+        return Err(AllocError::Unavailable(
+            "the allocator did not answer recently; retrying in the background".into(),
+        ));
     }
     let result = match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(r) => r,
@@ -656,10 +654,14 @@ pub async fn start(config: &crate::config::Config) -> Result<Shared, AllocError>
             })
             .await?;
             tokio::spawn(kv.clone().keep_alive_loop());
-            Backend::Kvstore(kvstore::KvAllocator::new(kv, node.clone(), ic.range))
+            Backend::Kvstore(Box::new(kvstore::KvAllocator::new(kv, node.clone(), ic.range)))
         }
-        (AllocationMode::Crd, Some(client)) => Backend::Crd(crd::CrdAllocator::new(client.clone(), node.clone(), ic.range)),
-        (AllocationMode::Crd, None) => return Err(AllocError::Unavailable("crd mode needs a Kubernetes client".into())),
+        (AllocationMode::Crd, Some(client)) => {
+            Backend::Crd(Box::new(crd::CrdAllocator::new(client.clone(), node.clone(), ic.range)))
+        }
+        (AllocationMode::Crd, None) => {
+            return Err(AllocError::Unavailable("crd mode needs a Kubernetes client".into()))
+        }
     };
     let persist = !config.k8s_enabled;
     let mut manager = IdentityManager::new(backend, ic.mode, db, ipcache, persist)?;

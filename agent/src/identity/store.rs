@@ -107,8 +107,9 @@ impl IdentityDb {
         let mut out = Vec::new();
         for entry in ids.iter().map_err(|e| self.err(&e))? {
             let (id, canonical) = entry.map_err(|e| self.err(&e))?;
-            let labels = LabelSet::parse_canonical(canonical.value())
-                .ok_or_else(|| AllocError::Corrupt(format!("identity {}: labels {:?}", id.value(), canonical.value())))?;
+            let labels = LabelSet::parse_canonical(canonical.value()).ok_or_else(|| {
+                AllocError::Corrupt(format!("identity {}: labels {:?}", id.value(), canonical.value()))
+            })?;
             out.push((id.value(), labels));
         }
         Ok(out)

@@ -75,9 +75,7 @@ impl KvStore {
             .with_connect_timeout(config.request_timeout)
             .with_timeout(config.request_timeout)
             .with_keep_alive(Duration::from_secs(2), config.request_timeout);
-        let client = Client::connect(&config.endpoints, Some(options))
-            .await
-            .map_err(|e| unavailable(&config, &e))?;
+        let client = Client::connect(&config.endpoints, Some(options)).await.map_err(|e| unavailable(&config, &e))?;
         Ok(Self { client, config, lease: Arc::new(LeaseState::default()) })
     }
 
@@ -124,14 +122,16 @@ impl KvStore {
 
     /// Every (key, value) under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, KvError> {
-        let resp =
-            self.bounded("list", |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }).await?;
+        let resp = self
+            .bounded("list", |mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
+            .await?;
         resp.kvs()
             .iter()
             .map(|kv| {
-                let key = kv
-                    .key_str()
-                    .map_err(|e| KvError::Data { key: String::from_utf8_lossy(kv.key()).into(), message: e.to_string() })?;
+                let key = kv.key_str().map_err(|e| KvError::Data {
+                    key: String::from_utf8_lossy(kv.key()).into(),
+                    message: e.to_string(),
+                })?;
                 Ok((key.to_string(), kv.value().to_vec()))
             })
             .collect()
@@ -155,11 +155,12 @@ impl KvStore {
             .collect();
         let gets: Vec<TxnOp> = checked.iter().map(|k| TxnOp::get(k.key.as_str(), None)).collect();
         let txn = Txn::new().when(compares).and_then(puts).or_else(gets);
-        let resp = match self.bounded("transaction", |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
+        let resp = match self
+            .bounded("transaction", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
         {
             Err(e) if e.to_string().contains("lease not found") => {
                 // etcd expired the lease before this node noticed; the caller retries.
