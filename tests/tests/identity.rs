@@ -351,6 +351,18 @@ fn pod_yaml(name: &str, node: &str, app: &str) -> String {
     )
 }
 
+/// Writes `ips` into pod `name`'s status, as a kubelet would.
+fn set_pod_ips(kube: &axon_lab::kube::KubeCluster, name: &str, ips: &[&str]) {
+    let out = kube.kubectl(&["get", "pod", "-n", "team", name, "-o", "json"]).expect("kubectl get pod");
+    assert!(out.success(), "{out}");
+    let mut pod: Value = serde_json::from_str(&out.stdout).expect("pod JSON");
+    pod["status"]["podIP"] = json!(ips[0]);
+    pod["status"]["podIPs"] = json!(ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>());
+    let path = format!("/api/v1/namespaces/team/pods/{name}/status");
+    let out = kube.kubectl_stdin(&["replace", "--raw", &path, "-f", "-"], &pod.to_string()).expect("replace status");
+    assert!(out.success(), "{out}");
+}
+
 /// Every endpoint of `agent` once all `names` are ready: name → identity.
 fn ready_endpoints(agent: &Agent, names: &[String]) -> BTreeMap<String, u32> {
     wait_for("endpoints from the pod watcher", Duration::from_secs(40), || {
@@ -426,6 +438,22 @@ fn crd_allocation_from_two_agents_at_once_gives_one_identity_per_label_set() {
             ("k8s:io.kubernetes.pod.namespace", "team"),
         ])
     );
+
+    // Pod addresses (no kubelet here: written into the status by hand) reach both nodes' ipcaches, local
+    // pods flagged local, the other node's pods with the identity their node allocated.
+    set_pod_ips(&kube, "a-1", &["10.202.0.1", "fd00:202::1"]);
+    set_pod_ips(&kube, "b-1", &["10.202.1.1"]);
+    let svc1 = ids_a["a-1"];
+    let local = ipcache::flags::LOCAL;
+    for (agent, a_flags, b_flags) in [(&agent_a, local, 0), (&agent_b, 0, local)] {
+        let want: BTreeMap<IpAddr, (u32, u8)> = [
+            (ip("10.202.0.1"), (svc1, a_flags)),
+            (ip("fd00:202::1"), (svc1, a_flags)),
+            (ip("10.202.1.1"), (svc1, b_flags)),
+        ]
+        .into();
+        wait_for("pod addresses in the ipcache", Duration::from_secs(20), || (ipcache_of(agent) == want).then_some(()));
+    }
 
     // A pod deleted on node-a leaves that node's endpoint list; node-b's replica keeps the identity.
     // No kubelet here to finish a graceful deletion: force it.
