@@ -163,11 +163,45 @@ pub fn render(frontends: &[LbFrontend]) -> String {
     table::render(&HEADER, &rows(frontends))
 }
 
+/// Backends in the backend maps marked terminating: in no slot (no new
+/// connection picks them), kept so the flows already on them drain.
+pub fn terminating(dump: &LbMapsDump) -> Vec<String> {
+    let is_terminating =
+        |flags: u8| flags & !axon_bpf::maps::backend_state::F_LOCAL == axon_bpf::maps::backend_state::TERMINATING;
+    let mut out: Vec<(u32, String)> = dump
+        .backends4
+        .iter()
+        .filter(|(_, b)| is_terminating(b.flags))
+        .map(|(id, b)| (*id, l4(b.ip().into(), b.host_port(), b.proto)))
+        .chain(
+            dump.backends6
+                .iter()
+                .filter(|(_, b)| is_terminating(b.flags))
+                .map(|(id, b)| (*id, l4(b.ip().into(), b.host_port(), b.proto))),
+        )
+        .collect();
+    out.sort();
+    out.into_iter().map(|(id, b)| format!("{b} (backend {id}) (terminating)")).collect()
+}
+
+/// The frontends' table, then one row per draining backend.
+pub fn render_with_terminating(frontends: &[LbFrontend], terminating: &[String]) -> String {
+    let mut all = rows(frontends);
+    for (i, b) in terminating.iter().enumerate() {
+        let first = if i == 0 { "<draining>".to_string() } else { String::new() };
+        all.push(vec![first, b.clone()]);
+    }
+    table::render(&HEADER, &all)
+}
+
 pub fn list(bpffs_root: &Path, output: Output) -> Result<()> {
     let dump = read_lb_maps(bpffs_root)?;
     let fes = frontends(&dump);
     match output {
-        Output::Table => crate::emit(&render(&fes))?,
+        Output::Table => {
+            let draining = terminating(&dump);
+            crate::emit(&if draining.is_empty() { render(&fes) } else { render_with_terminating(&fes, &draining) })?
+        }
         Output::Json => crate::print_json(&fes)?,
     }
     Ok(())

@@ -287,6 +287,9 @@ fn discovery_v1_slices_with_terminating_endpoints_from_the_standin() {
     assert!(in_backend_map, "the terminating backend left the backend map: {list:#?}");
     let listed = agent.agentctl(&["service", "list"]).expect("agentctl");
     assert!(listed.stdout.contains("terminating"), "{listed}");
+    let lb = agent.agentctl(&["bpf", "lb", "list"]).expect("agentctl bpf lb list");
+    let draining = format!("{}:{BACKEND_PORT}/TCP", ips[0]);
+    assert!(lb.stdout.lines().any(|l| l.contains(&draining) && l.contains("terminating")), "{lb}");
 
     // History lost while the watch is down (compaction, apiserver restart):
     // the watch gets 410 Gone, relists, and the relist removes what was
