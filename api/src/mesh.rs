@@ -142,21 +142,6 @@ pub fn parse_port_list(s: &str) -> Result<Vec<u16>, String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pod_refs_and_ports() {
-        assert_eq!(parse_pod_ref("default/web-1").unwrap(), ("default".into(), "web-1".into()));
-        assert!(parse_pod_ref("web").is_err());
-        assert!(parse_pod_ref("Default/x").is_err());
-        assert_eq!(parse_port_list("80, 443,").unwrap(), vec![80, 443]);
-        assert!(parse_port_list("80,x").unwrap_err().contains("\"x\""));
-        assert!(parse_port_list("0").is_err());
-    }
-}
-
 impl crate::Client {
     /// `GET /v1/mesh`.
     pub async fn mesh_status(&self) -> Result<MeshStatus, crate::ClientError> {
@@ -206,5 +191,20 @@ impl crate::Client {
         }
         serde_json::from_slice(&bytes)
             .map_err(|e| crate::ClientError::Decode { status: status.as_u16(), message: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_refs_and_ports() {
+        assert_eq!(parse_pod_ref("default/web-1").unwrap(), ("default".into(), "web-1".into()));
+        assert!(parse_pod_ref("web").is_err());
+        assert!(parse_pod_ref("Default/x").is_err());
+        assert_eq!(parse_port_list("80, 443,").unwrap(), vec![80, 443]);
+        assert!(parse_port_list("80,x").unwrap_err().contains("\"x\""));
+        assert!(parse_port_list("0").is_err());
     }
 }
