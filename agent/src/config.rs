@@ -454,6 +454,19 @@ mod tests {
     }
 
     #[test]
+    fn kubernetes_is_chosen_by_a_kubeconfig_or_explicitly_and_embedded_stays_the_default() {
+        let base = ["axon-agent", "--cgroup-root", "/tmp/cg"];
+        let parse = |extra: &[&str]| Config::from_flags(&Flags::parse_from(base.iter().chain(extra))).unwrap();
+        assert!(!parse(&[]).k8s_enabled);
+        let c = parse(&["--k8s-kubeconfig", "/etc/axon/kubeconfig"]);
+        assert!(c.k8s_enabled && c.k8s_kubeconfig == Some(PathBuf::from("/etc/axon/kubeconfig")));
+        let c = parse(&["--k8s-enabled", "--k8s-service-proxy-name", "axon"]);
+        assert!(c.k8s_enabled && c.k8s_kubeconfig.is_none());
+        assert_eq!(c.k8s_service_proxy_name.as_deref(), Some("axon"));
+        assert!(!parse(&["--k8s-enabled=false", "--k8s-kubeconfig", "/k"]).k8s_enabled);
+    }
+
+    #[test]
     fn finds_cgroup2_on_a_hybrid_host() {
         let mi = "25 30 0:23 / /sys rw,nosuid - sysfs sysfs rw\n41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
         assert_eq!(find_cgroup2_mount(mi), Some(PathBuf::from("/sys/fs/cgroup/unified")));
