@@ -397,3 +397,44 @@ fn node_port_from_the_apiserver_with_external_traffic_policy_local() {
         assert_answered(&attempts, &ns.names_of(i), &what);
     }
 }
+
+#[test]
+fn a_burst_of_changes_is_coalesced_into_few_reconciles() {
+    const SERVICES: usize = 60;
+    let standin = KubeStandin::start().expect("stand-in");
+    let lab = Lab::new("k8sburst", 2).expect("lab");
+    let _servers = lab.serve_all(BACKEND_PORT).expect("backends");
+    let ips = backend_ips(&lab, &[0, 1]);
+    standin.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})).expect("node");
+    let opts = AgentOptions {
+        k8s_kubeconfig: Some(standin.kubeconfig().to_path_buf()),
+        node_name: Some("node-1".into()),
+        extra_args: vec!["--log-level".into(), "info,axon_agent::k8s=debug".into()],
+        ..AgentOptions::default()
+    };
+    let agent = lab.start_agent_with(opts).expect("agent");
+    let reconciles = |agent: &Agent| agent.log().matches("Kubernetes services reconciled").count();
+    wait_services(&agent, "first list reconciled", |_| reconciles(&agent) >= 1);
+    let before = reconciles(&agent);
+
+    // 60 Services and their slices, 120 watch events, as fast as the test can write them.
+    for i in 0..SERVICES {
+        let name = format!("svc-{i}");
+        let vip = format!("10.96.88.{}", i + 1);
+        standin
+            .apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+                          "spec": {"clusterIP": vip, "clusterIPs": [vip],
+                                   "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}))
+            .expect("service");
+        let mut s = slice(&format!("{name}-x"), json!([endpoint(ips[i % 2], true, true, false)]));
+        s["metadata"]["labels"]["kubernetes.io/service-name"] = json!(name);
+        standin.apply(s).expect("slice");
+    }
+    wait_services(&agent, "the burst served", |l| {
+        (0..SERVICES).all(|i| active_backends(l, &format!("shop/svc-{i}:http")).len() == 1)
+    });
+    let used = reconciles(&agent) - before;
+    assert!(used <= 10, "{} watch events took {used} reconciles (want a few):\n{}", 2 * SERVICES, agent.log());
+    let a = lab.tcp("10.96.88.2:80".parse().expect("vip"), 5).expect("tcp");
+    assert_spread(&a, &["backend-2"], "a service from the burst");
+}
