@@ -332,6 +332,14 @@ fn kvstore_allocation_is_shared_survives_member_loss_and_outages_and_expires_wit
         refs_of(&etcd_dump(&eps), "node-b").is_empty().then_some(())
     });
     assert_eq!(refs_of(&etcd_dump(&eps), "node-a"), held_a);
+    // Identities only the dead node used are collected after the grace period (4 lease TTLs here: 12 s);
+    // the ones node-a still refers to stay.
+    let remaining = wait_for("node-b-only identities to be collected", Duration::from_secs(40), || {
+        let ids = check_no_duplicates(&etcd_dump(&eps));
+        (ids.keys().copied().collect::<BTreeSet<u32>>() == held_a).then_some(ids)
+    });
+    assert_eq!(remaining.len(), N + 2, "svc-*, after, outage: {remaining:#?}");
+    assert_eq!(identities(&agent_a).len(), N + 2);
     assert_spread(&lab.tcp(vip, 10).expect("client"), &lab.backend_names(), "service after everything");
 }
 

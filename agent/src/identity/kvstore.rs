@@ -18,7 +18,9 @@
 use super::labels::LabelSet;
 use super::{AllocError, IdRange};
 use crate::kvstore::{CreateOutcome, KvStore, NewKey};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use tracing::info;
 
 pub const PREFIX: &str = "axon/identities/";
 /// Tries before giving up on a round of allocation (each loses a race).
@@ -64,8 +66,13 @@ impl KvAllocator {
         for _ in 0..MAX_ATTEMPTS {
             if let Some(bytes) = self.kv.get(&lkey).await? {
                 let id = parse_id(&lkey, &bytes)?;
-                self.kv.put_leased(&ref_key(id, &self.node), canonical.as_bytes()).await?;
-                return Ok(id);
+                // The reference only counts if the identity still exists when
+                // it is written: the garbage collector deletes an identity only
+                // while it has no reference, in one transaction too.
+                if self.kv.put_leased_if(&ref_key(id, &self.node), canonical.as_bytes(), &lkey, &bytes).await? {
+                    return Ok(id);
+                }
+                continue;
             }
             let candidate = self.lowest_free().await?;
             let keys = [
@@ -132,12 +139,67 @@ impl KvAllocator {
         }
     }
 
-    /// Puts this node's references again (after a new lease: the old one's
-    /// keys are gone).
-    pub async fn refresh(&self, held: &[(u32, LabelSet)]) -> Result<(), AllocError> {
-        for (id, labels) in held {
-            self.kv.put_leased(&ref_key(*id, &self.node), labels.canonical().as_bytes()).await?;
+    /// How long an identity must stay unreferenced before it is deleted:
+    /// four lease TTLs (a minute by default), at least ten seconds.
+    pub fn gc_grace(&self) -> Duration {
+        (self.kv.lease_ttl() * 4).max(Duration::from_secs(10))
+    }
+
+    /// One garbage-collection pass: identities without any reference for
+    /// [`KvAllocator::gc_grace`] (seen on successive passes) are deleted — in a
+    /// transaction that only succeeds while `refs/<id>/` is still empty. Any
+    /// agent may run it; concurrent passes are harmless. Returns the ids freed.
+    pub async fn collect(&self, unreferenced: &mut BTreeMap<u32, Instant>) -> Result<Vec<u32>, AllocError> {
+        let grace = self.gc_grace();
+        let refs_prefix = format!("{PREFIX}refs/");
+        let referenced: BTreeSet<u32> = self
+            .kv
+            .list(&refs_prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| k.strip_prefix(&refs_prefix)?.split('/').next()?.parse().ok())
+            .collect();
+        let all = self.list().await?;
+        let now = Instant::now();
+        unreferenced.retain(|id, _| all.iter().any(|(i, _)| i == id) && !referenced.contains(id));
+        let mut freed = Vec::new();
+        for (id, labels) in all {
+            if referenced.contains(&id) {
+                continue;
+            }
+            let since = *unreferenced.entry(id).or_insert(now);
+            if now.duration_since(since) < grace {
+                continue;
+            }
+            let keys = [id_key(id), labels_key(&labels)];
+            if self.kv.delete_if_none(&keys, &format!("{PREFIX}refs/{id}/")).await? {
+                info!(id, labels = %labels.canonical(), "unused identity deleted from the kvstore");
+                freed.push(id);
+            }
+            unreferenced.remove(&id);
         }
-        Ok(())
+        Ok(freed)
+    }
+
+    /// Puts this node's references again (after a new lease: the old one's
+    /// keys are gone). Returns the identities that no longer exist (collected
+    /// while this node was away): their endpoints must allocate again.
+    pub async fn refresh(&self, held: &[(u32, LabelSet)]) -> Result<Vec<u32>, AllocError> {
+        let mut lost = Vec::new();
+        for (id, labels) in held {
+            let still = self
+                .kv
+                .put_leased_if(
+                    &ref_key(*id, &self.node),
+                    labels.canonical().as_bytes(),
+                    &labels_key(labels),
+                    id.to_string().as_bytes(),
+                )
+                .await?;
+            if !still {
+                lost.push(*id);
+            }
+        }
+        Ok(lost)
     }
 }

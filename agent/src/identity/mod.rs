@@ -162,6 +162,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF: Duration = Duration::from_secs(2);
 /// How often pending endpoints are retried (and kvstore references checked).
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the kvstore garbage collector looks for unreferenced identities.
+const GC_INTERVAL: Duration = Duration::from_secs(3);
 
 type Key = (String, String);
 
@@ -198,6 +200,9 @@ pub struct IdentityManager {
     synced: bool,
     down_until: Option<Instant>,
     kv_epoch: u64,
+    /// kvstore garbage collection: ids seen unreferenced, since when; the last pass.
+    gc_unreferenced: BTreeMap<u32, Instant>,
+    last_gc: Option<Instant>,
 }
 
 impl IdentityManager {
@@ -222,6 +227,8 @@ impl IdentityManager {
             synced: false,
             down_until: None,
             kv_epoch: 0,
+            gc_unreferenced: BTreeMap::new(),
+            last_gc: None,
         };
         if persist {
             for ep in m.db.endpoints()? {
@@ -434,6 +441,7 @@ impl IdentityManager {
             }
         }
         self.refresh_references().await;
+        self.collect_kvstore_garbage().await;
         if changed {
             self.sync_ipcache();
         }
@@ -459,14 +467,41 @@ impl IdentityManager {
         let held: Vec<(u32, LabelSet)> = self.held.iter().map(|(id, (set, _))| (*id, set.clone())).collect();
         let result = match &self.backend {
             Backend::Kvstore(kv) => guarded(&mut self.down_until, kv.refresh(&held)).await,
-            _ => Ok(()),
+            _ => Ok(Vec::new()),
         };
         match result {
-            Ok(()) => {
+            Ok(lost) => {
                 info!(epoch, references = held.len(), "kvstore references put under the current lease");
                 self.kv_epoch = epoch;
+                // Identities collected while this node was away: allocate again.
+                for id in lost {
+                    warn!(id, "identity no longer exists; its endpoints allocate again");
+                    self.held.remove(&id);
+                    for ep in self.local.values_mut().filter(|ep| ep.held == Some(id)) {
+                        ep.held = None;
+                        ep.pending = Some(format!("identity {id} was collected"));
+                    }
+                }
             }
             Err(e) => warn!(error = %e, "refreshing kvstore references failed"),
+        }
+    }
+
+    /// kvstore: identities no node refers to any more are deleted after a
+    /// grace period (the operator does this for AxonIdentities; etcd has no
+    /// operator, so every agent takes part — passes are idempotent).
+    async fn collect_kvstore_garbage(&mut self) {
+        let Backend::Kvstore(kv) = &self.backend else { return };
+        if self.last_gc.is_some_and(|t| t.elapsed() < GC_INTERVAL)
+            || self.down_until.is_some_and(|t| Instant::now() < t)
+        {
+            return;
+        }
+        self.last_gc = Some(Instant::now());
+        match guarded(&mut self.down_until, kv.collect(&mut self.gc_unreferenced)).await {
+            Ok(freed) if !freed.is_empty() => info!(?freed, "unused identities collected"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "identity garbage collection failed"),
         }
     }
 

@@ -79,6 +79,10 @@ impl KvStore {
         Ok(Self { client, config, lease: Arc::new(LeaseState::default()) })
     }
 
+    pub fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+
     pub fn endpoints(&self) -> &[String] {
         &self.config.endpoints
     }
@@ -200,6 +204,47 @@ impl KvStore {
             }
         }
         Err(unavailable(&self.config, &"put: the lease keeps expiring"))
+    }
+
+    /// Puts `key` under this node's lease if `guard` still holds `expected`;
+    /// false (nothing written) otherwise.
+    pub async fn put_leased_if(&self, key: &str, value: &[u8], guard: &str, expected: &[u8]) -> Result<bool, KvError> {
+        let lease = self.lease_id().await?;
+        let txn = Txn::new().when([Compare::value(guard, CompareOp::Equal, expected.to_vec())]).and_then([TxnOp::put(
+            key,
+            value.to_vec(),
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+        let resp = self
+            .bounded("conditional put", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
+        match resp {
+            Ok(r) => Ok(r.succeeded()),
+            Err(e) => {
+                if e.to_string().contains("lease not found") {
+                    self.drop_lease(lease);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes `keys` in one transaction if no key under `empty_prefix`
+    /// exists; false (nothing deleted) otherwise.
+    pub async fn delete_if_none(&self, keys: &[String], empty_prefix: &str) -> Result<bool, KvError> {
+        let txn = Txn::new()
+            .when([Compare::version(empty_prefix, CompareOp::Equal, 0).with_prefix()])
+            .and_then(keys.iter().map(|k| TxnOp::delete(k.as_str(), None)).collect::<Vec<_>>());
+        let resp = self
+            .bounded("conditional delete", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(resp.succeeded())
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
