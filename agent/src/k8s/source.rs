@@ -179,6 +179,12 @@ fn slice_service_key(s: &EndpointSlice) -> Option<String> {
     Some(translate::owner(s.namespace().as_deref().unwrap_or(""), svc))
 }
 
+/// A Node's addresses (empty when there is no Node).
+fn addresses_of(node: Option<&Node>) -> Vec<String> {
+    let addrs = node.and_then(|n| n.status.as_ref()).and_then(|s| s.addresses.as_ref());
+    addrs.into_iter().flatten().map(|a| a.address.clone()).collect()
+}
+
 impl State {
     fn ready(&self) -> bool {
         let eps = match self.api {
@@ -206,8 +212,10 @@ impl State {
                 Change::Relisted => self.full = true,
                 Change::Nothing => return false,
             },
-            // Node addresses decide which endpoints without a nodeName are local: recheck all.
+            // Node addresses decide which endpoints without a nodeName are local: recheck all when
+            // they change (not on every status heartbeat).
             Msg::Node(ev) => match self.nodes.apply(*ev) {
+                Change::One(old, new) if addresses_of(old.as_ref()) == addresses_of(new.as_ref()) => return false,
                 Change::One(..) | Change::Relisted => self.full = true,
                 Change::Nothing => return false,
             },
