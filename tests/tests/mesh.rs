@@ -53,8 +53,38 @@ fn envoy_to_envoy_with_capture_and_bypass() {
         let v6 = lines.iter().filter(|l| l.split_whitespace().nth(1) == Some(want_v6.as_str())).count();
         assert_eq!((v4, v6), (21, 5), "{who} saw the original destination: {lines:?}");
     }
+    // Small writes both ways (echo): they stay on the shortcut, in order.
+    let to = lab.pod(1).addr(false, APP_PORT).to_string();
+    let run = lab.spawn_app(0, &["pattern", &to, "3000", "64"]).expect("pattern");
+    let out: serde_json::Value =
+        serde_json::from_str(run.wait_output(Duration::from_secs(60)).expect("pattern ran").trim()).expect("json");
+    assert_eq!(out["ok"], true, "small-write echo: {out}");
+    // A one-way stream of small writes leaves the shortcut mid-connection (that
+    // direction only, for good): every byte still arrives, in order.
+    let report = std::env::temp_dir().join(format!("{}-sink-report", lab.lab().id()));
+    let report_s = report.display().to_string();
+    let _sink = lab.spawn_app(1, &["sink", "9000", "--report", &report_s]).expect("sink");
+    axon_lab::mesh::wait_listening(lab.netns(1), "127.0.0.1:9000".parse().unwrap(), Duration::from_secs(10))
+        .expect("sink listening");
+    let sink_addr = lab.pod(1).addr(false, 9000).to_string();
+    lab.spawn_app(0, &["stream", &sink_addr, "64", "300"])
+        .expect("stream")
+        .wait_output(Duration::from_secs(30))
+        .expect("stream ran");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let verdict = loop {
+        let text = std::fs::read_to_string(&report).unwrap_or_default();
+        if !text.is_empty() || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_file(&report);
+    assert!(verdict.starts_with("ok "), "the stream arrived whole and in order: {verdict:?}");
+
     let status = lab.status().expect("status");
     assert!(status.pods.iter().all(|p| p.accelerated && p.bypass), "{status:?}");
+    assert!(status.counters.streams_to_stack >= 1, "the small-write stream left the shortcut: {:?}", status.counters);
     let c = &status.counters;
     assert!(c.captured_outbound >= 26 && c.captured_inbound >= 26, "{c:?}");
     assert!(c.original_dst_answered >= 52, "{c:?}");

@@ -5,11 +5,16 @@
 //! gets `"NAME from PEER\n"` first, then everything it sends echoed back (the
 //! lab's backend protocol). `--http`: HTTP/1.1 keep-alive instead, every
 //! request answered `"NAME from PEER\n"` (for wrk).
-//! `mesh-app sink PORT`: reads and discards (message-size sweeps).
+//! `mesh-app sink PORT [--report FILE]`: reads and discards (message-size
+//! sweeps); with a report, checks the `stream` pattern and appends one line per
+//! connection to FILE.
 //! `mesh-app chat ADDR MILLIS`: one connection kept for MILLIS, a 100-byte
 //! echo every 10 ms; prints `{"round_trips":N,"failed":M,"error":...}`.
 //! `mesh-app stream ADDR SIZE MILLIS`: writes SIZE-byte messages for MILLIS
 //! (to a `sink`), prints `{"bytes":N,"secs":S}`.
+//! `mesh-app pattern ADDR COUNT SIZE`: to an echo `serve`, COUNT writes of
+//! SIZE bytes of a position-dependent pattern while reading the echo back;
+//! prints `{"ok":..,"bytes":N,"first_bad":offset|null}` (checks byte order).
 //! `mesh-app probe ADDR COUNT BYTES`: COUNT connections, each reading the
 //! first line, sending BYTES and reading them back; one JSON `Attempt` line each.
 //!
@@ -42,10 +47,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("serve") if args.len() >= 4 => serve(&args[2], &args[3], args.iter().any(|a| a == "--http")),
-        Some("sink") if args.len() >= 3 => sink(&args[2]),
+        Some("sink") if args.len() >= 3 => sink(&args[2], args.get(4).filter(|_| args[3] == "--report").cloned()),
         Some("probe") if args.len() >= 5 => probe(&args[2], &args[3], &args[4]),
         Some("chat") if args.len() >= 4 => chat(&args[2], &args[3]),
         Some("stream") if args.len() >= 5 => stream(&args[2], &args[3], &args[4]),
+        Some("pattern") if args.len() >= 5 => pattern(&args[2], &args[3], &args[4]),
         _ => Err("usage: mesh-app serve NAME PORT [--http] | mesh-app sink PORT".to_string()),
     };
     if let Err(e) = result {
@@ -119,15 +125,32 @@ fn http_conn(mut stream: TcpStream, body: &str) {
     }
 }
 
-fn sink(port: &str) -> Result<(), String> {
+fn sink(port: &str, report: Option<String>) -> Result<(), String> {
     let listener = listen(port)?;
     println!("ready");
     for mut stream in listener.incoming().flatten() {
+        let report = report.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 20];
+            let (mut got, mut first_bad) = (0usize, None::<usize>);
             while let Ok(n) = read_retry(&mut stream, &mut buf) {
                 if n == 0 {
-                    return;
+                    break;
+                }
+                if report.is_some() && first_bad.is_none() {
+                    first_bad =
+                        buf[..n].iter().enumerate().find(|(k, b)| **b != ((got + k) % 251) as u8).map(|(k, _)| got + k);
+                }
+                got += n;
+            }
+            // With --report FILE: one line per connection, "ok BYTES" or "bad OFFSET".
+            if let Some(path) = report {
+                let line = match first_bad {
+                    None => format!("ok {got}\n"),
+                    Some(at) => format!("bad {at}\n"),
+                };
+                if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                    let _ = f.write_all(line.as_bytes());
                 }
             }
         });
@@ -267,17 +290,63 @@ fn stream(addr: &str, size: &str, millis: &str) -> Result<(), String> {
     let size: usize = size.parse().map_err(|_| format!("bad size {size:?}"))?;
     let millis: u64 = millis.parse().map_err(|_| format!("bad duration {millis:?}"))?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
-    let msg = vec![7u8; size.max(1)];
+    // The byte at stream offset k is k % 251 (a sink with --report checks it).
+    let size = size.max(1);
+    let period: Vec<u8> = (0..251 * size).map(|k| (k % 251) as u8).collect();
     let started = Instant::now();
     let end = started + Duration::from_millis(millis);
     let mut bytes = 0u64;
     while Instant::now() < end {
         for _ in 0..16 {
-            s.write_all(&msg).map_err(|e| format!("write: {e}"))?;
-            bytes += msg.len() as u64;
+            let at = (bytes % 251) as usize;
+            s.write_all(&period[at..at + size]).map_err(|e| format!("write: {e}"))?;
+            bytes += size as u64;
         }
     }
     let secs = started.elapsed().as_secs_f64();
     println!("{}", serde_json::json!({"bytes": bytes, "secs": secs}));
+    Ok(())
+}
+
+fn pattern(addr: &str, count: &str, size: &str) -> Result<(), String> {
+    let addr: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
+    let count: usize = count.parse().map_err(|_| format!("bad count {count:?}"))?;
+    let size: usize = size.parse().map_err(|_| format!("bad size {size:?}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut byte = [0u8; 1];
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        match read_retry(&mut stream, &mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => return Err("no first line".into()),
+        }
+    }
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        for i in 0..count {
+            let msg: Vec<u8> = (0..size).map(|j| ((i * size + j) % 251) as u8).collect();
+            writer.write_all(&msg)?;
+        }
+        Ok(())
+    });
+    let total = count * size;
+    let mut got = 0usize;
+    let mut first_bad: Option<usize> = None;
+    let mut buf = vec![0u8; 65536];
+    while got < total {
+        let n = match read_retry(&mut stream, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return Err(format!("read after {got} bytes: {e}")),
+        };
+        if first_bad.is_none() {
+            first_bad = buf[..n].iter().enumerate().find(|(k, b)| **b != ((got + k) % 251) as u8).map(|(k, _)| got + k);
+        }
+        got += n;
+    }
+    let sent = sender.join().map_err(|_| "writer panicked".to_string())?;
+    let ok = sent.is_ok() && got == total && first_bad.is_none();
+    println!("{}", serde_json::json!({"ok": ok, "bytes": got, "first_bad": first_bad}));
     Ok(())
 }
