@@ -271,6 +271,35 @@ fn discovery_v1_slices_with_terminating_endpoints_from_the_standin() {
     assert_eq!(event["involvedObject"]["name"], json!("web"), "{event}");
     assert_eq!(event["type"], json!("Warning"), "{event}");
 
+    // Bad ports a real apiserver would refuse but a buggy controller or
+    // client could still produce: the bad parts are skipped by name, the rest served.
+    let odd_vip: IpAddr = "10.96.77.11".parse().expect("vip");
+    standin
+        .apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "odd", "namespace": "shop"},
+                      "spec": {"clusterIP": odd_vip.to_string(), "clusterIPs": [odd_vip.to_string()],
+                               "ports": [{"name": "http", "port": 70000, "protocol": "TCP"},
+                                         {"name": "ok", "port": 81, "protocol": "TCP"},
+                                         {"name": "zero", "port": 82, "protocol": "TCP"}]}}))
+        .expect("odd service");
+    let mut odd = slice("odd-abcde", json!([ready(ips[2])]));
+    odd["metadata"]["labels"]["kubernetes.io/service-name"] = json!("odd");
+    odd["ports"] = json!([{"name": "ok", "port": BACKEND_PORT, "protocol": "TCP"},
+                          {"name": "zero", "port": 0, "protocol": "TCP"}]);
+    standin.apply(odd).expect("odd slice");
+    wait_services(&agent, "odd's good port served", |l| active_backends(l, "shop/odd:ok").len() == 1);
+    assert_spread(&lab.tcp(SocketAddr::new(odd_vip, 81), REQUESTS).expect("tcp"), &["backend-3"], "odd:ok");
+    let start = Instant::now();
+    let odd_event = loop {
+        let found = standin.events().into_iter().find(|e| e["involvedObject"]["name"] == json!("odd"));
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(start.elapsed() < WAIT, "no Event for odd: {:?}", standin.events());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let message = odd_event["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.ports[0].port: 70000") && message.contains("\"zero\": 0"), "{odd_event}");
+
     // backend-1 terminates (a second slice brings backend-3): no new
     // connection picks it, but it stays in the backend map so flows on it drain.
     standin
