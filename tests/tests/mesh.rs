@@ -226,3 +226,29 @@ fn linkerd_mode_with_haproxy_sidecars() {
     assert_eq!(skip[0].peer.as_deref(), Some(&*lab.pod(1).addr(false, 4143).to_string()), "{skip:?}");
     assert_eq!(skip[0].seen_ip(), Some(lab.pod(1).ipv4()), "{skip:?}");
 }
+
+#[test]
+fn bad_registrations_name_the_field_and_change_nothing() {
+    let lab = MeshLab::new("mesh-bad", MeshFlavor::Istio, &[]).expect("lab");
+    let cgroup = lab.pod(0).cgroup.path().display().to_string();
+    let put = |body: serde_json::Value| {
+        lab.agent.request("PUT", "/v1/mesh/pods/default/pod-a", Some(&body.to_string())).expect("request")
+    };
+    let (code, body) = put(serde_json::json!({
+        "cgroup": cgroup, "ips": ["10.77.0.2"],
+        "annotations": {"traffic.sidecar.istio.io/excludeOutboundPorts": "80,http"}
+    }));
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["field"], "annotations.traffic.sidecar.istio.io/excludeOutboundPorts", "{body}");
+    let (code, body) = put(serde_json::json!({"cgroup": "/", "ips": ["10.77.0.2"]}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("cgroup")), "{body}");
+    let (code, body) = put(serde_json::json!({"cgroup": cgroup, "ips": ["10.77.0.300"]}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("ips[0]")), "{body}");
+    let (code, body) =
+        lab.agent.request("POST", "/v1/mesh/enable", Some(r#"{"pod":"default/nobody"}"#)).expect("request");
+    assert_eq!(code, 404, "{body}");
+    let out = lab.agent.agentctl(&["mesh", "enable", "--pod", "Bad/Name"]).expect("agentctl runs");
+    assert!(!out.success() && out.stderr.contains("namespace"), "{out:?}");
+    let st = lab.status().expect("status");
+    assert!(st.pods.is_empty() && st.namespaces.is_empty(), "nothing was registered: {st:?}");
+}
