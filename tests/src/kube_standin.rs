@@ -24,9 +24,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The kinds served, by their collection path.
-const KINDS: [Kind; 3] = [
+const KINDS: [Kind; 5] = [
     Kind { path: "/api/v1/services", kind: "Service", api_version: "v1", plural: "services", namespaced: true },
     Kind { path: "/api/v1/nodes", kind: "Node", api_version: "v1", plural: "nodes", namespaced: false },
+    // Served (empty unless a test adds some) for the agent's identity watchers.
+    Kind { path: "/api/v1/pods", kind: "Pod", api_version: "v1", plural: "pods", namespaced: true },
+    Kind { path: "/api/v1/namespaces", kind: "Namespace", api_version: "v1", plural: "namespaces", namespaced: false },
     Kind {
         path: "/apis/discovery.k8s.io/v1/endpointslices",
         kind: "EndpointSlice",
@@ -348,6 +351,11 @@ fn watch(mut stream: TcpStream, shared: &Shared, kind: &Kind, req: &Request) -> 
         return write!(stream, "0\r\n\r\n");
     }
     loop {
+        if store.compacted_before > since {
+            // History this stream had not delivered yet is gone: end it, so the client resumes from its
+            // last version, gets 410 Gone and relists (an open watch never silently skips events).
+            return Ok(());
+        }
         let pending: Vec<Value> = store
             .history
             .iter()

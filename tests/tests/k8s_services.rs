@@ -467,3 +467,76 @@ fn a_burst_of_changes_is_coalesced_into_few_reconciles() {
     let a = lab.tcp("10.96.88.2:80".parse().expect("vip"), 5).expect("tcp");
     assert_spread(&a, &["backend-2"], "a service from the burst");
 }
+
+#[test]
+fn a_terminating_endpoint_keeps_its_node_port_flow_but_gets_no_new_ones() {
+    use common::{assert_answered, Ns};
+    use std::io::{BufRead, BufReader, Write};
+    let standin = KubeStandin::start().expect("stand-in");
+    let shape = axon_lab::MultiNodeOptions { nodes: 1, backends_per_node: 2, ..Default::default() };
+    let lab = axon_lab::MultiNodeLab::with_options("k8sdrain", &shape).expect("lab");
+    let servers = lab.serve_all(BACKEND_PORT).expect("backends");
+    let target: SocketAddr = standin.server().trim_start_matches("http://").parse().expect("stand-in address");
+    relay_into(lab.node(1).netns(), target.port(), target);
+    let opts = AgentOptions {
+        k8s_kubeconfig: Some(standin.kubeconfig().to_path_buf()),
+        xdp_mode: Some(axon_lab::XdpSetting::Disabled),
+        ..AgentOptions::default()
+    };
+    let cluster = lab.start_agents(&opts).expect("agents");
+    let ns = Ns { cluster, servers, lab };
+    let ips: Vec<IpAddr> = ns.lab.backends().iter().map(|b| b.ip(false)).collect();
+    let names: Vec<String> = ns.lab.backends().iter().map(|b| b.name().to_string()).collect();
+    standin.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})).expect("node");
+    standin
+        .apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+                      "spec": {"type": "NodePort", "clusterIP": "10.96.77.20", "clusterIPs": ["10.96.77.20"],
+                               "ports": [{"name": "http", "port": 80, "nodePort": 30090, "protocol": "TCP"}]}}))
+        .expect("service");
+    let ready = |ip: IpAddr| endpoint(ip, true, true, false);
+    standin.apply(slice("web-abcde", json!([ready(ips[0]), ready(ips[1])]))).expect("slice");
+    let agent = ns.cluster.agent(1);
+    wait_services(agent, "NodePort served", |l| {
+        named(l, "shop/web:http").iter().any(|s| s.svc_type == axon_api::ServiceType::NodePort && s.backends.len() == 2)
+    });
+
+    // An established flow through the NodePort...
+    let node_port = ns.lab.node(1).addr(false, 30090);
+    let stream = ns
+        .lab
+        .client()
+        .netns()
+        .run(move || std::net::TcpStream::connect_timeout(&node_port, Duration::from_secs(2)))
+        .expect("client netns")
+        .expect("connect to the NodePort");
+    stream.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut first = String::new();
+    reader.read_line(&mut first).expect("first line");
+    let held = names.iter().position(|n| first.split_whitespace().next() == Some(n.as_str())).unwrap_or_else(|| panic!("answer {first:?}"));
+    let other = 1 - held;
+
+    // ...whose endpoint now terminates.
+    let mut eps = vec![json!(null), json!(null)];
+    eps[held] = endpoint(ips[held], false, true, true);
+    eps[other] = ready(ips[other]);
+    standin.apply(slice("web-abcde", json!(eps))).expect("terminating");
+    wait_services(agent, "terminating", |l| {
+        named(l, "shop/web:http").iter().all(|s| s.backends.iter().any(|b| b.state == BackendState::Terminating))
+    });
+    // New connections: only the other backend.
+    let attempts = ns.probe_ok(&axon_lab::Probe::tcp(node_port).count(20), "new connections while draining");
+    assert_answered(&attempts, &std::collections::BTreeSet::from([names[other].clone()]), "while draining");
+    // The established one still works, on its backend.
+    let mut writer = stream;
+    writer.write_all(b"still there\n").expect("write on the draining flow");
+    let mut echo = String::new();
+    reader.read_line(&mut echo).expect("echo on the draining flow");
+    assert_eq!(echo, "still there\n", "the draining flow broke (held {})", names[held]);
+
+    // Gone from the slice: gone from the service.
+    standin.apply(slice("web-abcde", json!([ready(ips[other])]))).expect("removed");
+    wait_services(agent, "removed", |l| {
+        named(l, "shop/web:http").iter().all(|s| s.backends.len() == 1 && s.backends[0].address == ips[other])
+    });
+}
