@@ -201,6 +201,12 @@ fn agent_restart_keeps_accelerated_connections() {
     assert!(c.messages_redirected > before.messages_redirected, "the bypass kept working: {before:?} → {c:?}");
     assert!(c.sockets_bypassed >= before.sockets_bypassed + 6, "{c:?}");
     assert_eq!(c.sockhash_insert_failures, 0, "{c:?}");
+    let log = lab.agent.log();
+    assert!(
+        log.matches("already attached").count() >= 5,
+        "the restarted agent reused the four pinned links and the sk_msg attachment:\n{}",
+        log.lines().filter(|l| l.contains("mesh::loader")).collect::<Vec<_>>().join("\n")
+    );
 }
 
 #[test]

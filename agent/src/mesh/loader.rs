@@ -54,11 +54,19 @@ pub fn load(bpffs_root: &Path, cgroup_root: &Path) -> Result<MeshMaps, MeshError
         .map_err(|e| err("loading the mesh object (creating or reusing pinned maps)", error_chain(&e)))?;
     let cgroup =
         std::fs::File::open(cgroup_root).map_err(|e| err(format!("opening cgroup {}", cgroup_root.display()), e))?;
+    let cgroup_id = std::os::unix::fs::MetadataExt::ino(
+        &cgroup.metadata().map_err(|e| err(format!("stat of cgroup {}", cgroup_root.display()), e))?,
+    );
     for (name, section) in MESH_CGROUP_PROGRAMS {
         let pin = links_dir.join(name);
-        if PinnedLink::from_pin(&pin).is_ok() {
-            info!(program = name, "mesh program already attached (pinned link kept)");
-            continue;
+        match sys::pinned_link_cgroup(&pin) {
+            Ok(id) if id == cgroup_id => {
+                info!(program = name, "mesh program already attached (pinned link kept)");
+                continue;
+            }
+            // Unpinning drops the last reference: the old link detaches.
+            Ok(other) => info!(program = name, old_cgroup_id = other, "mesh link on another cgroup; replacing it"),
+            Err(_) => {}
         }
         let _ = std::fs::remove_file(&pin);
         attach_cgroup(&mut ebpf, name, section, &cgroup, &pin)?;
@@ -137,6 +145,31 @@ mod sys {
         let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
         // SAFETY: the kernel returned a new fd we own.
         Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+    /// The cgroup id a pinned cgroup link is attached to (`bpf_link_info.cgroup`).
+    pub fn pinned_link_cgroup(path: &Path) -> io::Result<u64> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a pin path"))?;
+        let mut attr = [0u64; 16];
+        attr[0] = c.as_ptr() as u64;
+        let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+        // SAFETY: the kernel returned a new fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // struct bpf_link_info: type, id, prog_id, then (8-aligned) cgroup_id, attach_type.
+        let mut info = [0u64; 12];
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(fd.as_raw_fd() as u32) | ((std::mem::size_of_val(&info) as u64) << 32);
+        attr[1] = info.as_mut_ptr() as u64;
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        const BPF_LINK_TYPE_CGROUP: u64 = 3;
+        if info[0] & 0xffff_ffff != BPF_LINK_TYPE_CGROUP {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a cgroup link"));
+        }
+        Ok(info[2])
     }
 
     pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
