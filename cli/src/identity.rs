@@ -18,6 +18,44 @@ pub enum IdentityCmd {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum IpcacheCmd {
+    /// Every entry as the kernel holds it, read from the pin (works while the agent is down).
+    #[command(visible_alias = "ls")]
+    List,
+}
+
+/// One ipcache entry on the wire (`-o json`).
+#[derive(Debug, serde::Serialize)]
+struct IpcacheRow {
+    prefix: String,
+    identity: u32,
+    local: bool,
+}
+
+/// `agentctl bpf ipcache list`: `IP PREFIX  IDENTITY  FLAGS`.
+pub fn ipcache_list(bpffs_root: &std::path::Path, output: Output) -> Result<()> {
+    let entries = axon_bpf::maps::ipcache::read(bpffs_root).context("reading axon_ipcache")?;
+    let rows: Vec<IpcacheRow> = entries
+        .iter()
+        .map(|e| IpcacheRow {
+            prefix: format!("{}/{}", e.ip, e.prefix_len),
+            identity: e.identity,
+            local: e.flags & axon_bpf::maps::ipcache::flags::LOCAL != 0,
+        })
+        .collect();
+    match output {
+        Output::Json => crate::print_json(&rows),
+        Output::Table => {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| vec![r.prefix.clone(), r.identity.to_string(), if r.local { "local" } else { "" }.to_string()])
+                .collect();
+            crate::emit(&table::render(&["IP PREFIX", "IDENTITY", "FLAGS"], &cells))
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum EndpointCmd {
     /// List this node's endpoints with their identities.
     #[command(visible_alias = "ls")]

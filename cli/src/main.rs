@@ -86,6 +86,9 @@ enum BpfCmd {
     /// The north-south conntrack maps.
     #[command(subcommand)]
     Ct(CtCmd),
+    /// The ipcache: IP → security identity.
+    #[command(subcommand)]
+    Ipcache(identity::IpcacheCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bpf(BpfCmd::Lb(LbCmd::List)) => lb::list(&cli.bpffs_root, out),
         Command::Bpf(BpfCmd::Ct(CtCmd::List)) => ct::list(&cli.bpffs_root, out),
         Command::Bpf(BpfCmd::Ct(CtCmd::Flush)) => ct::flush(&cli.bpffs_root, out),
+        Command::Bpf(BpfCmd::Ipcache(identity::IpcacheCmd::List)) => identity::ipcache_list(&cli.bpffs_root, out),
         Command::Status => block_on(status::show(&client, out)),
         Command::Identity(cmd) => block_on(identity::run_identity(&client, cmd, out)),
         Command::Endpoint(cmd) => block_on(identity::run_endpoint(&client, cmd, out)),

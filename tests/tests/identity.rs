@@ -136,6 +136,10 @@ fn embedded_identities_fill_the_ipcache_and_survive_a_restart() {
     assert_eq!(got.labels["k8s:app"], "db");
     let out = agent.agentctl(&["identity", "get", "9999"]).expect("agentctl identity get missing");
     assert!(!out.success() && out.stderr.contains("identity 9999 not found"), "{out}");
+    let out = agent.agentctl(&["bpf", "ipcache", "list"]).expect("agentctl bpf ipcache list");
+    assert!(out.success(), "{out}");
+    let line = out.stdout.lines().find(|l| l.starts_with("fd00:200::1/128")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(line.split_whitespace().collect::<Vec<_>>(), vec!["fd00:200::1/128", &web1.to_string(), "local"]);
     let out = agent.agentctl(&["endpoint", "list"]).expect("agentctl endpoint list");
     assert!(out.stdout.contains("prod/db-1") && out.stdout.contains("ready"), "{out}");
 
