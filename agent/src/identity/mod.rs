@@ -406,8 +406,10 @@ impl IdentityManager {
     pub fn set_synced(&mut self) {
         if !self.synced {
             info!("identity sources synced; pruning stale ipcache entries");
+            self.synced = true;
+            // Every endpoint is known (and, embedded, allocated): ids nobody holds are leftovers.
+            self.collect_unused_embedded();
         }
-        self.synced = true;
         self.sync_ipcache();
     }
 
@@ -704,7 +706,7 @@ pub async fn start(config: &crate::config::Config) -> Result<Shared, AllocError>
     };
     let persist = !config.k8s_enabled;
     let mut manager = IdentityManager::new(backend, ic.mode, db, ipcache, persist)?;
-    if ic.mode == AllocationMode::Embedded {
+    if ic.mode == AllocationMode::Embedded && persist {
         // Local and instant: restored endpoints get their (same) ids now.
         manager.retry().await;
         manager.collect_unused_embedded();
