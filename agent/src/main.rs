@@ -86,8 +86,9 @@ async fn run(config: Config, mesh: Option<axon_agent::mesh::MeshConfig>) -> anyh
     tokio::spawn(datapath::run_ct_gc(config.bpffs_root.clone(), config.ct_gc_interval));
     let store = Store::open(&config.state_dir).context("opening the state store")?;
     if let Some(mesh) = mesh {
-        let manager = axon_agent::mesh::MeshManager::start(mesh, &config.bpffs_root, &config.cgroup_root, &config.state_dir)
-            .context("starting mesh acceleration")?;
+        let manager =
+            axon_agent::mesh::MeshManager::start(mesh, &config.bpffs_root, &config.cgroup_root, &config.state_dir)
+                .context("starting mesh acceleration")?;
         axon_agent::mesh::install(manager);
     }
     let limits =

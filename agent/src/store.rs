@@ -25,6 +25,8 @@ pub enum StoreError {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// While set, commits skip the fsync; [`Store::end_batch`] makes them all durable at once.
+    batching: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -34,7 +36,7 @@ impl Store {
         let err = |e: &dyn std::fmt::Display| StoreError::Db { path: path.clone(), message: e.to_string() };
         std::fs::create_dir_all(state_dir).map_err(|e| err(&e))?;
         let db = Database::builder().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| err(&e))?;
-        let store = Self { db, path };
+        let store = Self { db, path, batching: Default::default() };
         // Create the table so reads of an empty store succeed.
         store.write(&[], &[])?;
         Ok(store)
@@ -81,9 +83,26 @@ impl Store {
             .collect()
     }
 
-    /// Writes `upserts` and removes `deletes` in one durable transaction.
-    pub fn write(&self, upserts: &[&Service], deletes: &[u32]) -> Result<(), StoreError> {
+    /// Starts a batch of writes: each stays atomic, but none waits for the disk until
+    /// [`Store::end_batch`]. A source that can replay them (a Kubernetes relist) uses this so
+    /// ten thousand services cost one fsync, not ten thousand.
+    pub fn begin_batch(&self) {
+        self.batching.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ends a batch: one durable commit persists every write made during it.
+    pub fn end_batch(&self) -> Result<(), StoreError> {
+        self.batching.store(false, std::sync::atomic::Ordering::Relaxed);
         let txn = self.db.begin_write().map_err(|e| self.err(&e))?;
+        txn.commit().map_err(|e| self.err(&e))
+    }
+
+    /// Writes `upserts` and removes `deletes` in one transaction, durable unless in a batch.
+    pub fn write(&self, upserts: &[&Service], deletes: &[u32]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.err(&e))?;
+        if self.batching.load(std::sync::atomic::Ordering::Relaxed) {
+            txn.set_durability(redb::Durability::Eventual);
+        }
         {
             let mut table = txn.open_table(SERVICES).map_err(|e| self.err(&e))?;
             for svc in upserts {

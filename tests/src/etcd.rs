@@ -40,14 +40,16 @@ impl EtcdCluster {
         let dir = std::env::temp_dir().join(format!("{}-etcd", unique_id()));
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let mut cluster = EtcdCluster { dir, members: Vec::with_capacity(members) };
+        // All ports at once, each listener held until every one is chosen: no port twice.
+        let ports = free_ports(2 * members)?;
         for i in 0..members {
             let name = format!("m{i}");
             let data_dir = cluster.dir.join(&name);
             let log = cluster.dir.join(format!("{name}.log"));
             cluster.members.push(Member {
                 name,
-                client_port: free_port()?,
-                peer_port: free_port()?,
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 data_dir,
                 log,
                 child: None,
@@ -138,8 +140,9 @@ impl EtcdCluster {
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &initial_cluster, "--initial-cluster-state", state])
             .args(["--initial-cluster-token", &token])
-            // Small heartbeats: member loss is noticed within a second, tests stay short.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // Member loss is noticed within a couple of seconds, yet a loaded 2-core CI machine
+            // does not miss heartbeats and flap leaders.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -183,6 +186,14 @@ impl Drop for EtcdCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `n` distinct loopback TCP ports nobody listens on right now.
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").ctx(|| "finding a free loopback port".into()))
+        .collect::<Result<Vec<_>>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr().ctx(|| "reading a bound port".into())?.port())).collect()
 }
 
 /// A loopback TCP port nobody listens on right now.

@@ -239,8 +239,16 @@ impl KubeCluster {
     /// and the kubeconfig.
     fn write_credentials(&self) -> Result<()> {
         let d = &self.dir;
-        openssl(d, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt"], "/CN=axon-test-ca")?;
-        openssl(d, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr"], "/CN=kube-apiserver")?;
+        openssl(
+            d,
+            &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt"],
+            "/CN=axon-test-ca",
+        )?;
+        openssl(
+            d,
+            &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr"],
+            "/CN=kube-apiserver",
+        )?;
         write(
             &d.join("san.ext"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\n\
@@ -283,11 +291,8 @@ impl Drop for KubeCluster {
 }
 
 fn spawn_logged(mut cmd: Command, log: &Path, what: &str) -> Result<Child> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .ctx(|| format!("opening {}", log.display()))?;
+    let file =
+        std::fs::OpenOptions::new().create(true).append(true).open(log).ctx(|| format!("opening {}", log.display()))?;
     let file_err = file.try_clone().ctx(|| format!("duplicating the {what} log handle"))?;
     cmd.stdin(Stdio::null()).stdout(file).stderr(file_err);
     die_with_parent(&mut cmd);
@@ -309,11 +314,7 @@ fn run_openssl(dir: &Path, args: &[&str]) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(LabError::Setup(format!(
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        )))
+        Err(LabError::Setup(format!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr))))
     }
 }
 

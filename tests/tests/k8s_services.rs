@@ -513,7 +513,10 @@ fn a_terminating_endpoint_keeps_its_node_port_flow_but_gets_no_new_ones() {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut first = String::new();
     reader.read_line(&mut first).expect("first line");
-    let held = names.iter().position(|n| first.split_whitespace().next() == Some(n.as_str())).unwrap_or_else(|| panic!("answer {first:?}"));
+    let held = names
+        .iter()
+        .position(|n| first.split_whitespace().next() == Some(n.as_str()))
+        .unwrap_or_else(|| panic!("answer {first:?}"));
     let other = 1 - held;
 
     // ...whose endpoint now terminates.

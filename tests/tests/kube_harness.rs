@@ -10,12 +10,20 @@ fn three_member_etcd_keeps_serving_with_one_member_down() {
     assert_eq!(etcd.endpoints().len(), 3);
     etcd.stop_member(1).expect("stop member");
     let ep = etcd.endpoints()[0].clone();
-    let put = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &ep, "put", "axon-harness", "still-here"])
-        .output()
-        .expect("etcdctl put");
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    // The lost member may have been the leader: the other two elect a new one first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let put = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &ep, "--command-timeout", "3s", "put", "axon-harness", "still-here"])
+            .output()
+            .expect("etcdctl put");
+        if put.status.success() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", String::from_utf8_lossy(&put.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     etcd.start_member(1).expect("restart member");
     let ep1 = etcd.endpoints()[1].clone();
     let get = std::process::Command::new("etcdctl")

@@ -323,6 +323,15 @@ impl ServiceManager {
         result
     }
 
+    /// Runs `f` as one batch: every change in it stays atomic on its own, and one fsync at the
+    /// end makes them all durable. For sources that can replay what a crash loses (a relist).
+    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T, ServiceError> {
+        self.store.begin_batch();
+        let out = f(self);
+        self.store.end_batch()?;
+        Ok(out)
+    }
+
     /// Removes every service of `owner` (its Kubernetes Service is gone).
     pub fn delete_owned(&mut self, owner: &str) -> Result<usize, ServiceError> {
         let n = self.owned.get(owner).map_or(0, |ids| ids.len());
