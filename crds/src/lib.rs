@@ -40,6 +40,8 @@ pub struct AxonNodeStatus {
     pub addresses: Vec<String>,
 }
 
+pub mod labels;
+
 /// Labels and annotations Axon reads.
 pub mod keys {
     /// kube-proxy's: a Service with this label is served only by the proxy it names.

@@ -10,7 +10,7 @@
 
 use crate::config::GcConfig;
 use crate::error::{is_status, KubeContext, Result};
-use crate::labels::security_labels;
+use axon_crds::labels::security_labels;
 use axon_crds::AxonIdentity;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;

@@ -8,6 +8,5 @@ pub mod error;
 pub mod health;
 pub mod identity_gc;
 pub mod ipam;
-pub mod labels;
 pub mod leader;
 pub mod operator;

@@ -1,30 +1,10 @@
-//! Security-relevant label sets: which of a pod's labels decide its identity,
-//! under which source prefix, and the one canonical string form every
-//! backend keys label sets by.
+//! Security-relevant label sets: the label set of a pod (the rule itself is
+//! `axon_crds::labels`, shared with the operator's collector), and the one
+//! canonical string form every backend keys label sets by.
 
 use std::collections::BTreeMap;
 
-/// Source prefix of labels that come from Kubernetes objects.
-pub const K8S: &str = "k8s:";
-/// The pod's namespace, as a label (the key Kubernetes users know).
-pub const NAMESPACE_KEY: &str = "io.kubernetes.pod.namespace";
-/// Prefix of the namespace's own labels inside a pod's label set.
-pub const NAMESPACE_LABELS_PREFIX: &str = "io.axon.k8s.namespace.labels.";
-
-/// Pod labels that change between replicas of one workload (or carry no
-/// meaning for policy) and would otherwise give every rollout a new identity.
-const IGNORED_POD_LABELS: &[&str] = &[
-    "pod-template-hash",
-    "controller-revision-hash",
-    "pod-template-generation",
-    "statefulset.kubernetes.io/pod-name",
-    "apps.kubernetes.io/pod-index",
-    "controller-uid",
-    "batch.kubernetes.io/controller-uid",
-    "job-name",
-    "batch.kubernetes.io/job-name",
-    "batch.kubernetes.io/job-completion-index",
-];
+pub use axon_crds::labels::{NAMESPACE_LABEL as NAMESPACE_KEY, NAMESPACE_LABELS_PREFIX, SOURCE_PREFIX as K8S};
 
 /// A label set with source-prefixed keys, sorted.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
@@ -39,20 +19,7 @@ impl LabelSet {
         pod_labels: &BTreeMap<String, String>,
         namespace_labels: Option<&BTreeMap<String, String>>,
     ) -> Self {
-        let mut set = BTreeMap::new();
-        set.insert(format!("{K8S}{NAMESPACE_KEY}"), namespace.to_string());
-        for (k, v) in pod_labels {
-            if !IGNORED_POD_LABELS.contains(&k.as_str()) {
-                set.insert(format!("{K8S}{k}"), v.clone());
-            }
-        }
-        for (k, v) in namespace_labels.into_iter().flatten() {
-            // Kubernetes' own automatic label adds nothing the namespace key does not say.
-            if k != "kubernetes.io/metadata.name" {
-                set.insert(format!("{K8S}{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
-            }
-        }
-        LabelSet(set)
+        LabelSet(axon_crds::labels::security_labels(namespace, pod_labels, namespace_labels))
     }
 
     /// `k8s:a=1;k8s:b=2`: sorted, unambiguous (label keys and values cannot

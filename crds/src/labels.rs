@@ -1,8 +1,7 @@
-//! The security label set of a pod, as identities record it in `AxonIdentity.spec.securityLabels`. This
-//! must be the agent's rule exactly (agent/src/identity/labels.rs, `LabelSet::for_pod`), or the collector
-//! would judge used identities unused: the pod's namespace as `k8s:io.kubernetes.pod.namespace`, its labels
-//! under the `k8s:` source prefix minus the per-replica ones, and its namespace's labels under
-//! `k8s:io.axon.k8s.namespace.labels.` when the namespace is known.
+//! The security label set of a pod, as identities record it in `AxonIdentity.spec.securityLabels`: the one
+//! rule the agent allocates by and the operator's collector judges use by. The pod's namespace as
+//! `k8s:io.kubernetes.pod.namespace`, its labels under the `k8s:` source prefix minus the per-replica ones, and
+//! its namespace's labels under `k8s:io.axon.k8s.namespace.labels.` when the namespace is known.
 
 use std::collections::BTreeMap;
 
@@ -56,9 +55,8 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    /// The agent's own example (agent/src/identity/labels.rs), so the two rules cannot drift silently.
     #[test]
-    fn same_label_set_as_the_agent() {
+    fn namespace_and_pod_labels_are_prefixed_and_replica_labels_dropped() {
         let got = security_labels(
             "prod",
             &map(&[("app", "web"), ("pod-template-hash", "abc")]),
