@@ -5,7 +5,6 @@
 use crate::{guard, sys};
 use anyhow::{bail, Context};
 use hyper::Method;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +35,22 @@ pub struct Agent {
 pub struct Memory {
     pub rss_kib: u64,
     pub hwm_kib: u64,
+}
+
+impl Memory {
+    /// VmRSS and VmHWM of process `pid`.
+    pub fn of_pid(pid: u32) -> std::io::Result<Memory> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Memory { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:") })
+    }
 }
 
 impl Agent {
@@ -102,13 +117,7 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        // SAFETY: prctl(2) only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        sys::die_with_parent_after_exec(&mut cmd);
         let _creating = guard::creating()?;
         let child = cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
         guard::register_child(child.id());
@@ -159,17 +168,7 @@ impl Agent {
 
     pub fn memory(&self) -> anyhow::Result<Memory> {
         let pid = self.pid().context("agent not running")?;
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the agent's /proc status")?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(Memory { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:") })
+        Memory::of_pid(pid).context("reading the agent's /proc status")
     }
 
     /// SIGTERM, then SIGKILL if it lingers; pins and store stay.

@@ -324,7 +324,7 @@ fn bench(args: RunArgs) -> anyhow::Result<()> {
     };
     lab::sweep(Some(&own), Some(&agent_bin));
     let results = report::Results {
-        command: command_line(),
+        command: command_line("make bench (axon-bench with its default options)", &[]),
         machine: report::Machine::probe(),
         samples: cfg.samples,
         warmup: cfg.warmup,
@@ -354,12 +354,12 @@ fn bench(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How this run was started, for the docs. With no options it is exactly
-/// what `make bench` runs.
-fn command_line() -> String {
+/// How this run was started, for the docs: `default` when its arguments are exactly `plain` (what
+/// `make bench` runs).
+fn command_line(default: &str, plain: &[&str]) -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() {
-        return "make bench (axon-bench with its default options)".to_string();
+    if args.iter().map(String::as_str).eq(plain.iter().copied()) {
+        return default.to_string();
     }
     format!("axon-bench{}", args.iter().map(|a| format!(" {a}")).collect::<String>())
 }

@@ -56,6 +56,18 @@ pub fn die_with_parent() {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
 }
 
+/// Like [`die_with_parent`], for a program we exec (set between fork and exec).
+pub fn die_with_parent_after_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(2) only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 /// Sends `sig` to one process we started.
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a pid we spawned and have not reaped yet.

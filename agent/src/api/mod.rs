@@ -96,9 +96,10 @@ async fn serve_connection(stream: UnixStream, state: Arc<ApiState>) {
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+/// What every route answers (the identity and mesh routes too).
+pub(crate) type Reply = Response<Full<Bytes>>;
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Reply {
+pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Reply {
     // Compact: a bulk answer for 100k services is tens of MB pretty-printed.
     let bytes = serde_json::to_vec(body).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}").into_bytes());
     Response::builder()
@@ -108,11 +109,11 @@ fn json<T: Serialize>(status: StatusCode, body: &T) -> Reply {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-fn error_reply(status: StatusCode, error: String, field: Option<String>) -> Reply {
+pub(crate) fn error_reply(status: StatusCode, error: String, field: Option<String>) -> Reply {
     json(status, &ErrorBody { error, field: field.filter(|f| !f.is_empty()) })
 }
 
-fn field_error(status: StatusCode, e: FieldError) -> Reply {
+pub(crate) fn field_error(status: StatusCode, e: FieldError) -> Reply {
     let field = e.field.clone();
     error_reply(status, e.to_string(), Some(field))
 }

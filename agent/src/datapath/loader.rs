@@ -443,7 +443,7 @@ fn load_object(object: &[u8], what: &str, cfg: &DatapathConfig, maps_dir: &Path)
 }
 
 /// An error and its sources on one line (aya's top-level messages are terse).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

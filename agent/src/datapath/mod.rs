@@ -25,6 +25,7 @@ pub use config::{
 };
 pub use ct::{ct_flush, ct_gc, monotonic_secs, run_ct_gc, CtGcStats};
 pub use devices::{detect_devices, NodeDevice};
+pub(crate) use loader::error_chain;
 pub use loader::{AttachTarget, DeviceAttachment, XdpAttach};
 pub use loader::{AttachedProgram, Datapath, LinkAction};
 pub use maps::AyaLbMaps;

@@ -2,37 +2,16 @@
 //! API router by one match arm.
 
 use super::{handle, to_wire, AllocError};
+use crate::api::{error_reply as error, field_error, json, Reply};
 use axon_api::identity::{check_endpoint_ref, paths, registration_from_json};
-use axon_api::{ErrorBody, FieldError};
+use axon_api::FieldError;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Response, StatusCode};
-use serde::Serialize;
-
-type Reply = Response<Full<Bytes>>;
+use hyper::{Method, StatusCode};
 
 /// Whether `path` is one of these routes.
 pub fn owns(path: &str) -> bool {
     let under = |root: &str| path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'));
     under(paths::IDENTITIES) || under(paths::ENDPOINTS)
-}
-
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Reply {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}").into_bytes());
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(bytes)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-}
-
-fn error(status: StatusCode, error: String, field: Option<String>) -> Reply {
-    json(status, &ErrorBody { error, field: field.filter(|f| !f.is_empty()) })
-}
-
-fn field_error(e: FieldError) -> Reply {
-    let field = e.field.clone();
-    error(StatusCode::BAD_REQUEST, e.to_string(), Some(field))
 }
 
 fn alloc_error(e: AllocError) -> Reply {
@@ -67,7 +46,10 @@ pub async fn route(method: &Method, path: &str, body: Bytes) -> Reply {
             },
             Some(id) => {
                 let Ok(id) = id.parse::<u32>() else {
-                    return field_error(FieldError::new("id", format!("invalid identity id {id:?}")));
+                    return field_error(
+                        StatusCode::BAD_REQUEST,
+                        FieldError::new("id", format!("invalid identity id {id:?}")),
+                    );
                 };
                 match m.backend().get(id).await {
                     Ok(Some(labels)) => json(StatusCode::OK, &to_wire(id, labels)),
@@ -85,20 +67,25 @@ pub async fn route(method: &Method, path: &str, body: Bytes) -> Reply {
         return json(StatusCode::OK, &manager.lock().await.endpoints());
     };
     let Some((namespace, name)) = rest.split_once('/') else {
-        return field_error(FieldError::new("name", "the path must be /v1/endpoints/<namespace>/<name>"));
+        return field_error(
+            StatusCode::BAD_REQUEST,
+            FieldError::new("name", "the path must be /v1/endpoints/<namespace>/<name>"),
+        );
     };
     if let Err(e) = check_endpoint_ref(namespace, name) {
-        return field_error(e);
+        return field_error(StatusCode::BAD_REQUEST, e);
     }
     match *method {
         Method::PUT => {
             let value = match serde_json::from_slice::<serde_json::Value>(&body) {
                 Ok(v) => v,
-                Err(e) => return field_error(FieldError::new("", format!("invalid JSON: {e}"))),
+                Err(e) => {
+                    return field_error(StatusCode::BAD_REQUEST, FieldError::new("", format!("invalid JSON: {e}")))
+                }
             };
             let reg = match registration_from_json(&value) {
                 Ok(r) => r,
-                Err(e) => return field_error(e),
+                Err(e) => return field_error(StatusCode::BAD_REQUEST, e),
             };
             let mut m = manager.lock().await;
             if !m.persist {

@@ -2,29 +2,12 @@
 //! and the status. Wired into the agent's API router by one match arm.
 
 use super::{handle, MeshError, MeshManager, PodRef};
+use crate::api::{error_reply as error, json, Reply};
 use axon_api::mesh::{parse_pod_ref, paths, PodRegistration, ToggleRequest};
-use axon_api::ErrorBody;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Response, StatusCode};
-use serde::Serialize;
+use hyper::{Method, StatusCode};
 use std::net::IpAddr;
 use std::path::PathBuf;
-
-type Reply = Response<Full<Bytes>>;
-
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Reply {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|e| format!("{{\"error\":\"encoding: {e}\"}}").into_bytes());
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(bytes)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
-}
-
-fn error(status: StatusCode, error: String, field: Option<String>) -> Reply {
-    json(status, &ErrorBody { error, field })
-}
 
 fn mesh_error(e: MeshError) -> Reply {
     let (status, field) = match &e {

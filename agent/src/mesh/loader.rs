@@ -7,6 +7,7 @@
 //! ever meets EBUSY and accelerated connections carry on untouched.
 
 use super::MeshError;
+use crate::datapath::error_chain;
 use axon_bpf::maps::mesh::{names, MeshIp, MeshPod, MeshPodRef, MeshSockKey};
 use axon_bpf::objects::{MESH, MESH_CGROUP_PROGRAMS, MESH_MSG_PROGRAM};
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, SockHash};
@@ -220,17 +221,6 @@ fn open_maps(maps_dir: &Path) -> Result<MeshMaps, MeshError> {
         metrics: PerCpuArray::try_from(map(names::METRICS)?.map_err(|e| err(names::METRICS, e))?)
             .map_err(|e| err(names::METRICS, e))?,
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 /// Detaches and unpins everything under `<bpffs-root>/mesh` (the cgroup

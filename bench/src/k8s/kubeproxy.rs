@@ -41,14 +41,8 @@ impl KubeProxy {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        // SAFETY: prctl(2) only, between fork and exec (nsenter execs kube-proxy in the same process).
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        // nsenter execs kube-proxy in the same process, so the tie holds for kube-proxy.
+        sys::die_with_parent_after_exec(&mut cmd);
         let _creating = guard::creating()?;
         let child = cmd.spawn().context("starting kube-proxy")?;
         guard::register_child(child.id());
@@ -89,20 +83,6 @@ impl Drop for KubeProxy {
             self.stop();
         }
     }
-}
-
-/// VmRSS and VmHWM of a process, KiB.
-pub fn memory(pid: u32) -> crate::agent::Memory {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    crate::agent::Memory { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:") }
 }
 
 /// A kubeconfig for kube-proxy: the same CA and token, the server at the in-namespace forwarder.

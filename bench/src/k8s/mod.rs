@@ -182,7 +182,7 @@ pub fn run(args: K8sArgs, setup: Setup) -> anyhow::Result<()> {
     }
     lab::sweep(Some(&own), Some(&setup.agent_bin));
     let results = report::Results {
-        command: command_line(),
+        command: crate::command_line("make bench (axon-bench k8s)", &["k8s"]),
         iptables: report::iptables_version(),
         samples,
         duration_s: started.elapsed().as_secs_f64(),
@@ -229,7 +229,7 @@ enum Running {
 impl Running {
     fn memory(&self) -> Option<Memory> {
         match self {
-            Running::KubeProxy(kp) => kp.pid().map(kubeproxy::memory),
+            Running::KubeProxy(kp) => kp.pid().and_then(|pid| Memory::of_pid(pid).ok()),
             Running::Axon(agent) => agent.memory().ok(),
         }
     }
@@ -310,12 +310,4 @@ fn measure(ctx: &Ctx, lab: &mut Lab, run: &mut Run) -> anyhow::Result<()> {
         bail!("the added service never answered: {}", added.last_error.unwrap_or_default());
     }
     Ok(())
-}
-
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args == ["k8s"] {
-        return "make bench (axon-bench k8s)".to_string();
-    }
-    format!("axon-bench{}", args.iter().map(|a| format!(" {a}")).collect::<String>())
 }

@@ -143,13 +143,6 @@ pub fn markdown(res: &Results) -> String {
 }
 
 pub fn write_docs(path: &Path, res: &Results) -> std::io::Result<()> {
-    let section = markdown(res);
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let text = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(b), Some(e)) if e > b => {
-            format!("{}{}{}", &existing[..b], section.trim_end(), &existing[e + END.len()..])
-        }
-        _ => format!("{}\n\n## Axon vs the real kube-proxy (Kubernetes source)\n\n{section}", existing.trim_end()),
-    };
-    std::fs::write(path, text)
+    let heading = "## Axon vs the real kube-proxy (`axon-bench k8s`)";
+    crate::report::replace_section(path, BEGIN, END, &markdown(res), heading)
 }
