@@ -10,13 +10,15 @@
  *                       The original destination is kept by socket cookie.
  *   sockops             when such a connection is established, the original
  *                       destination is filed under the accepting side's
- *                       view of the tuple, and both sockets enter the
- *                       sockhash when the pod asks for the bypass.
+ *                       view of the tuple, and when the pod asks for the
+ *                       bypass both sockets enter the shortcut: as targets,
+ *                       and the sidecar's one also as a sender (see the
+ *                       sockhashes in mesh_maps.h).
  *   cgroup/getsockopt   SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST on an accepted
  *                       socket answers from that record, so an unmodified
  *                       proxy (Envoy's original_dst, HAProxy's transparent
  *                       tcp mode) forwards to where the app was going.
- *   sk_msg              each message sent on a socket of the sockhash goes
+ *   sk_msg              each message the sidecar sends on such a socket goes
  *                       straight into the peer socket's receive queue.
  *
  * Scope is the set of enabled pods (axon_mesh_pods, keyed by cgroup id,
@@ -151,6 +153,8 @@ static __always_inline enum capture decide(void *ctx, const __u8 *addr, __be16 p
 		if (excluded)
 			count(AXON_MESH_M_EXCLUDED, 1);
 	}
+	if (cur && cur->proxy_uid == uid)
+		orig->flags |= AXON_MESH_ORIG_PROXY;
 	if (cur && cur->proxy_uid != uid && !excluded) {
 		orig->flags = AXON_MESH_ORIG_OUTBOUND;
 		if (cur->flags & AXON_MESH_POD_BYPASS)
@@ -171,7 +175,7 @@ static __always_inline enum capture decide(void *ctx, const __u8 *addr, __be16 p
 		/* Inside the destination pod: the proxy handing a connection to
 		 * its app. Not captured, but a local pair worth the bypass. */
 		if (cur->flags & AXON_MESH_POD_BYPASS) {
-			orig->flags = AXON_MESH_ORIG_LOCAL | AXON_MESH_ORIG_BYPASS;
+			orig->flags |= AXON_MESH_ORIG_LOCAL | AXON_MESH_ORIG_BYPASS;
 			bpf_map_update_elem(&axon_mesh_orig, &cookie, orig, BPF_ANY);
 		}
 		return CAPTURE_NONE;
@@ -183,7 +187,7 @@ static __always_inline enum capture decide(void *ctx, const __u8 *addr, __be16 p
 		count(AXON_MESH_M_EXCLUDED, 1);
 		return CAPTURE_NONE;
 	}
-	orig->flags = AXON_MESH_ORIG_INBOUND;
+	orig->flags |= AXON_MESH_ORIG_INBOUND;
 	if (dst->flags & AXON_MESH_POD_BYPASS)
 		orig->flags |= AXON_MESH_ORIG_BYPASS;
 	bpf_map_update_elem(&axon_mesh_orig, &cookie, orig, BPF_ANY);
@@ -267,10 +271,21 @@ static __always_inline int sockops_key(struct bpf_sock_ops *skops, struct mesh_s
 	return 1;
 }
 
-static __always_inline void sockhash_add(struct bpf_sock_ops *skops, struct mesh_sock_key *k)
+/* Puts an established socket in the shortcut: always as a target, as a
+ * sender only if it is the sidecar's. A new connection starts with a fresh
+ * flow record (the tuple may be an earlier connection's). */
+static __always_inline void shortcut_add(struct bpf_sock_ops *skops, struct mesh_sock_key *k, int sender)
 {
+	bpf_map_delete_elem(&axon_mesh_flows, k);
+	if (bpf_sock_hash_update(skops, &axon_mesh_targets, k, BPF_ANY) != 0) {
+		count(AXON_MESH_M_SOCK_FAILED, 1);
+		return;
+	}
+	count(AXON_MESH_M_SOCK_ADDED, 1);
+	if (!sender)
+		return;
 	if (bpf_sock_hash_update(skops, &axon_mesh_sockhash, k, BPF_ANY) == 0)
-		count(AXON_MESH_M_SOCK_ADDED, 1);
+		count(AXON_MESH_M_SENDERS, 1);
 	else
 		count(AXON_MESH_M_SOCK_FAILED, 1);
 }
@@ -294,15 +309,17 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 		bpf_map_update_elem(&axon_mesh_pairs, &peer, &copy, BPF_ANY);
 		bpf_map_delete_elem(&axon_mesh_orig, &cookie);
 		if (copy.flags & AXON_MESH_ORIG_BYPASS)
-			sockhash_add(skops, &k);
+			shortcut_add(skops, &k, copy.flags & AXON_MESH_ORIG_PROXY);
 		break;
 	}
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
 		if (!sockops_key(skops, &k))
 			return 1;
 		struct mesh_orig *o = bpf_map_lookup_elem(&axon_mesh_pairs, &k);
+		/* The accepting side is the sidecar for a captured connection
+		 * (its listener), the app for the sidecar's local one. */
 		if (o && (o->flags & AXON_MESH_ORIG_BYPASS))
-			sockhash_add(skops, &k);
+			shortcut_add(skops, &k, !(o->flags & AXON_MESH_ORIG_LOCAL));
 		break;
 	}
 	default:
@@ -315,6 +332,9 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 #define MESH_SMALL_MSG 8192
 /* Small messages in a row, unanswered, before a direction leaves the shortcut. */
 #define MESH_STREAM_STREAK 64
+/* Small messages closer than this are back to back (one redirect costs a
+ * few microseconds; a request/response round trip far more). */
+#define MESH_BACK_TO_BACK_NS 20000
 
 /* Per-direction choice (see struct mesh_flow): 1 = redirect this message. */
 static __always_inline int keep_shortcut(const struct mesh_sock_key *own, const struct mesh_sock_key *peer, __u32 size)
@@ -331,9 +351,16 @@ static __always_inline int keep_shortcut(const struct mesh_sock_key *own, const 
 			f->streak = 0;
 		return 1;
 	}
+	__u64 now = bpf_ktime_get_ns();
 	if (!f) {
-		struct mesh_flow init = {.streak = 1};
+		struct mesh_flow init = {.streak = 1, .last_send_ns = now};
 		bpf_map_update_elem(&axon_mesh_flows, own, &init, BPF_ANY);
+		return 1;
+	}
+	__u64 gap = now - f->last_send_ns;
+	f->last_send_ns = now;
+	if (gap > MESH_BACK_TO_BACK_NS) {
+		f->streak = 1;
 		return 1;
 	}
 	if (++f->streak < MESH_STREAM_STREAK)
@@ -371,7 +398,7 @@ int mesh_msg(struct sk_msg_md *msg)
 	}
 	/* Without a peer in the map the redirect fails and leaves no target:
 	 * SK_PASS then sends through the stack as usual. */
-	if (bpf_msg_redirect_hash(msg, &axon_mesh_sockhash, &peer, BPF_F_INGRESS) == SK_PASS) {
+	if (bpf_msg_redirect_hash(msg, &axon_mesh_targets, &peer, BPF_F_INGRESS) == SK_PASS) {
 		count(AXON_MESH_M_REDIRECTED, 1);
 		count(AXON_MESH_M_BYTES_REDIR, size);
 	} else {

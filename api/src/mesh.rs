@@ -85,8 +85,12 @@ pub struct MeshCounters {
     pub captured_inbound: u64,
     pub excluded: u64,
     pub original_dst_answered: u64,
-    /// Sockets put in the sockhash (two per bypassed connection).
+    /// Sockets put in the shortcut (two per bypassed connection).
     pub sockets_bypassed: u64,
+    /// Of those, the sidecar's sockets: their writes are redirected. An
+    /// app's socket sends through the stack and only receives redirects.
+    #[serde(default)]
+    pub sockets_sending: u64,
     pub sockhash_insert_failures: u64,
     pub messages_redirected: u64,
     pub messages_passed: u64,

@@ -58,7 +58,8 @@ struct mesh_cidr_key {
 #define AXON_MESH_ORIG_OUTBOUND 0x01 /* captured to the pod's outbound port */
 #define AXON_MESH_ORIG_INBOUND  0x02 /* captured to the destination pod's inbound port */
 #define AXON_MESH_ORIG_LOCAL    0x04 /* not captured: the proxy forwarding to its own pod */
-#define AXON_MESH_ORIG_BYPASS   0x08 /* the pair goes into the sockhash */
+#define AXON_MESH_ORIG_BYPASS   0x08 /* the pair takes the socket shortcut */
+#define AXON_MESH_ORIG_PROXY    0x10 /* the connecting side is the sidecar (its uid) */
 
 /* axon_mesh_orig (LRU): socket cookie of a connect() -> where it was headed.
  * axon_mesh_pairs (LRU): the accepting side's view of that connection ->
@@ -71,7 +72,7 @@ struct mesh_orig {
 	__u32 pad;
 };
 
-/* axon_mesh_sockhash key: one socket, seen from itself. netns is the
+/* Key of axon_mesh_sockhash and axon_mesh_targets: one socket, seen from itself. netns is the
  * socket's network namespace cookie for loopback pairs (127/8, ::1: the same
  * tuple exists in every pod) and 0 for pod addresses (unique on a node). */
 struct mesh_sock_key {
@@ -88,10 +89,15 @@ struct mesh_sock_key {
  * one redirect per write) turns the shortcut off for that direction, for
  * good: data already redirected sits in the peer's queue, which the peer
  * reads before anything that arrives through the stack, so bytes stay in
- * order. Switching back would not be safe, and is never done. */
+ * order. Switching back would not be safe, and is never done. A run ends
+ * with an answer (a message the peer redirected to this socket) or a pause:
+ * an app peer sends through the stack, out of the program's sight, so a
+ * request/response exchange shows as small messages with gaps between them,
+ * a stream as small messages back to back. */
 struct mesh_flow {
-	__u32 streak; /* small messages sent since the peer last sent */
-	__u32 pass;   /* 1: through the stack from now on */
+	__u32 streak;       /* small messages sent back to back, unanswered */
+	__u32 pass;         /* 1: through the stack from now on */
+	__u64 last_send_ns; /* when the last small message was sent */
 };
 
 /* axon_mesh_metrics (per-CPU array) indices. */
@@ -99,12 +105,13 @@ struct mesh_flow {
 #define AXON_MESH_M_INBOUND      1 /* connects captured to the inbound port */
 #define AXON_MESH_M_EXCLUDED     2 /* connects left alone by an exclusion */
 #define AXON_MESH_M_ORIG_DST     3 /* SO_ORIGINAL_DST answered */
-#define AXON_MESH_M_SOCK_ADDED   4 /* sockets put in the sockhash */
+#define AXON_MESH_M_SOCK_ADDED   4 /* sockets put in the shortcut (axon_mesh_targets) */
 #define AXON_MESH_M_SOCK_FAILED  5 /* sockhash inserts refused */
 #define AXON_MESH_M_REDIRECTED   6 /* messages redirected to the peer socket */
 #define AXON_MESH_M_PASSED       7 /* messages sent through the stack (no peer) */
 #define AXON_MESH_M_BYTES_REDIR  8 /* bytes redirected */
 #define AXON_MESH_M_STREAM_PASS  9 /* flows switched to the stack (small-write streams) */
+#define AXON_MESH_M_SENDERS     10 /* of those, sockets that send through it (axon_mesh_sockhash) */
 #define AXON_MESH_M_MAX          16
 
 struct {
@@ -148,6 +155,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_mesh_pairs SEC(".maps");
 
+/*
+ * Two sockhashes, because a socket in a sockhash that carries an sk_msg
+ * program pays for it on every write, even when the program sends the write
+ * through the stack (tcp_bpf_sendmsg copies it into an sk_msg first: small
+ * writes run at about 0.6x of plain TCP), and the program stays with the
+ * socket until it leaves every sockhash — which would drop data still queued
+ * for it. So a socket only gets the program when its writes are worth
+ * redirecting: the sidecar's sockets (it forwards what it read, in chunks).
+ * An app's socket is only a target: it sends through the stack like without
+ * Axon and receives the sidecar's redirected messages.
+ *
+ * axon_mesh_sockhash: sockets whose writes mesh_msg redirects (sk_msg attached).
+ * axon_mesh_targets:  every socket of the shortcut; where mesh_msg redirects to.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__type(key, struct mesh_sock_key);
@@ -155,6 +176,14 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_mesh_sockhash SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, struct mesh_sock_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_targets SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -475,7 +475,7 @@ fn mesh_maps_match_their_rust_mirrors() {
     check_struct!(btf, "mesh_cidr_key", MeshCidrKey, [prefixlen, pad, cgroup_id, addr]);
     check_struct!(btf, "mesh_orig", MeshOrig, [addr, port, family, flags, pad]);
     check_struct!(btf, "mesh_sock_key", MeshSockKey, [local, remote, local_port, remote_port, netns]);
-    check_struct!(btf, "mesh_flow", MeshFlow, [streak, pass]);
+    check_struct!(btf, "mesh_flow", MeshFlow, [streak, pass, last_send_ns]);
     let maps = btf.maps();
     let sizes: BTreeMap<String, (usize, usize)> = maps.iter().map(|(n, (k, v, _))| (n.clone(), (*k, *v))).collect();
     let expected: BTreeMap<String, (usize, usize)> = [
@@ -485,6 +485,7 @@ fn mesh_maps_match_their_rust_mirrors() {
         (mesh::names::ORIG, size_of::<u64>(), size_of::<MeshOrig>()),
         (mesh::names::PAIRS, size_of::<MeshSockKey>(), size_of::<MeshOrig>()),
         (mesh::names::SOCKHASH, size_of::<MeshSockKey>(), size_of::<u32>()),
+        (mesh::names::TARGETS, size_of::<MeshSockKey>(), size_of::<u32>()),
         (mesh::names::METRICS, size_of::<u32>(), size_of::<u64>()),
         (mesh::names::FLOWS, size_of::<MeshSockKey>(), size_of::<MeshFlow>()),
     ]

@@ -448,6 +448,7 @@ impl MeshManager {
             excluded: read(metric::EXCLUDED),
             original_dst_answered: read(metric::ORIG_DST),
             sockets_bypassed: read(metric::SOCK_ADDED),
+            sockets_sending: read(metric::SENDERS),
             sockhash_insert_failures: read(metric::SOCK_FAILED),
             messages_redirected: read(metric::REDIRECTED),
             messages_passed: read(metric::PASSED),

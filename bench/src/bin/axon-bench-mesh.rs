@@ -28,6 +28,12 @@ struct Cli {
     /// Short runs (2 s wrk, 500 ms streams).
     #[arg(long)]
     quick: bool,
+    /// Only the streaming sweep, no wrk runs (implies --docs -).
+    #[arg(long)]
+    streams_only: bool,
+    /// Print the datapath's mesh counters after each stream.
+    #[arg(long)]
+    verbose: bool,
     /// Where the results section goes ("-" for nowhere).
     #[arg(long, default_value = "docs/benchmarks.md")]
     docs: PathBuf,
@@ -42,12 +48,14 @@ fn main() -> anyhow::Result<()> {
         duration: Duration::from_secs(if cli.quick { 2 } else { cli.duration }),
         stream_duration: Duration::from_millis(if cli.quick { 500 } else { cli.stream_ms }),
         connections: cli.connections,
+        streams_only: cli.streams_only,
+        verbose: cli.verbose,
     };
     let results = mesh::run(&opts)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let section = mesh::report(&results, &command, &opts);
     println!("{section}");
-    if cli.docs.as_os_str() != "-" {
+    if cli.docs.as_os_str() != "-" && !cli.streams_only {
         write_section(&cli.docs, &section).with_context(|| format!("writing {}", cli.docs.display()))?;
     }
     Ok(())

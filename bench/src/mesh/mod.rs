@@ -63,6 +63,10 @@ pub struct Options {
     pub duration: Duration,
     pub stream_duration: Duration,
     pub connections: u32,
+    /// Only the streaming sweep (no wrk runs).
+    pub streams_only: bool,
+    /// Print the datapath's mesh counters after each stream.
+    pub verbose: bool,
 }
 
 /// Runs every scenario and returns the results in [`Scenario::ALL`] order.
@@ -76,8 +80,11 @@ pub fn run(opts: &Options) -> Result<Vec<ScenarioResult>> {
         set_scenario(&lab, scenario)?;
         eprintln!("mesh bench: {}", scenario.label());
         let url = format!("http://{}/", lab.pod(1).addr(false, APP_PORT));
-        let keepalive = wrk(&lab, &url, opts, false)?;
-        let newconn = wrk(&lab, &url, opts, true)?;
+        let (keepalive, newconn) = if opts.streams_only {
+            (WrkResult::default(), WrkResult::default())
+        } else {
+            (wrk(&lab, &url, opts, false)?, wrk(&lab, &url, opts, true)?)
+        };
         let sink = lab.pod(1).addr(false, SINK_PORT).to_string();
         let mut stream_mbps = Vec::new();
         for size in SIZES {
@@ -88,6 +95,10 @@ pub fn run(opts: &Options) -> Result<Vec<ScenarioResult>> {
             let bytes = v["bytes"].as_f64().unwrap_or(0.0);
             let secs = v["secs"].as_f64().unwrap_or(1.0).max(1e-3);
             stream_mbps.push(bytes / secs / 1e6);
+            if opts.verbose {
+                let c = lab.status().map_err(anyhow::Error::msg)?.counters;
+                eprintln!("  {size} B: {:.0} MB/s, counters {}", bytes / secs / 1e6, serde_json::to_string(&c)?);
+            }
         }
         eprintln!(
             "  keep-alive {:.0} req/s p50 {:.0}us; new-conn {:.0} req/s; stream {:?}",

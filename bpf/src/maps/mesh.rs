@@ -11,12 +11,15 @@ pub mod names {
     pub const EXCL_CIDRS: &str = "axon_mesh_excl_cidrs";
     pub const ORIG: &str = "axon_mesh_orig";
     pub const PAIRS: &str = "axon_mesh_pairs";
+    /// Sockets whose writes the sk_msg program redirects (it is attached here).
     pub const SOCKHASH: &str = "axon_mesh_sockhash";
+    /// Every socket of the shortcut: where redirected messages go.
+    pub const TARGETS: &str = "axon_mesh_targets";
     pub const METRICS: &str = "axon_mesh_metrics";
     pub const FLOWS: &str = "axon_mesh_flows";
 
     /// Every map the mesh object defines.
-    pub const ALL: &[&str] = &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, METRICS, FLOWS];
+    pub const ALL: &[&str] = &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, TARGETS, METRICS, FLOWS];
 }
 
 /// `AXON_MESH_MODE_*`.
@@ -37,6 +40,7 @@ pub mod orig_flags {
     pub const INBOUND: u8 = 0x02;
     pub const LOCAL: u8 = 0x04;
     pub const BYPASS: u8 = 0x08;
+    pub const PROXY: u8 = 0x10;
 }
 
 /// `AXON_MESH_M_*`: indices of `axon_mesh_metrics`.
@@ -51,6 +55,7 @@ pub mod metric {
     pub const PASSED: u32 = 7;
     pub const BYTES_REDIRECTED: u32 = 8;
     pub const STREAMS_TO_STACK: u32 = 9;
+    pub const SENDERS: u32 = 10;
     /// Entries of the array.
     pub const MAX: u32 = 16;
 }
@@ -137,7 +142,7 @@ impl MeshOrig {
     }
 }
 
-/// `struct mesh_sock_key`: key of `axon_mesh_sockhash` and `axon_mesh_pairs`.
+/// `struct mesh_sock_key`: key of `axon_mesh_sockhash`, `axon_mesh_targets` and `axon_mesh_pairs`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct MeshSockKey {
@@ -154,6 +159,7 @@ pub struct MeshSockKey {
 pub struct MeshFlow {
     pub streak: u32,
     pub pass: u32,
+    pub last_send_ns: u64,
 }
 
 /// An address as the mesh maps store it: IPv4 v4-mapped.
