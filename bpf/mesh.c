@@ -271,10 +271,25 @@ static __always_inline int sockops_key(struct bpf_sock_ops *skops, struct mesh_s
 	return 1;
 }
 
+/* Whether an app socket talking to `dst` should send through the shortcut:
+ * not if sockets talking to it recently wrote streams of small writes. */
+static __always_inline int app_may_send(const struct mesh_dst *dst)
+{
+	__u64 *seen = bpf_map_lookup_elem(&axon_mesh_stream_dsts, dst);
+	if (!seen)
+		return 1;
+	if (bpf_ktime_get_ns() - *seen > AXON_MESH_STREAM_DST_TTL_NS)
+		return 1;
+	count(AXON_MESH_M_APP_PLAIN, 1);
+	return 0;
+}
+
 /* Puts an established socket in the shortcut: always as a target, as a
- * sender only if it is the sidecar's. A new connection starts with a fresh
- * flow record (the tuple may be an earlier connection's). */
-static __always_inline void shortcut_add(struct bpf_sock_ops *skops, struct mesh_sock_key *k, int sender)
+ * sender if it is the sidecar's (app == 0) or an app socket allowed to. A
+ * new connection starts with a fresh flow record (the tuple may be an
+ * earlier connection's); an app socket's names its destination. */
+static __always_inline void shortcut_add(struct bpf_sock_ops *skops, struct mesh_sock_key *k,
+					 const struct mesh_orig *o, __u8 app)
 {
 	bpf_map_delete_elem(&axon_mesh_flows, k);
 	if (bpf_sock_hash_update(skops, &axon_mesh_targets, k, BPF_ANY) != 0) {
@@ -282,8 +297,15 @@ static __always_inline void shortcut_add(struct bpf_sock_ops *skops, struct mesh
 		return;
 	}
 	count(AXON_MESH_M_SOCK_ADDED, 1);
-	if (!sender)
-		return;
+	if (app) {
+		struct mesh_flow flow = {};
+		__builtin_memcpy(flow.app.addr, o->addr, 16);
+		flow.app.port = o->port;
+		flow.app.role = app;
+		if (!app_may_send(&flow.app))
+			return;
+		bpf_map_update_elem(&axon_mesh_flows, k, &flow, BPF_ANY);
+	}
 	if (bpf_sock_hash_update(skops, &axon_mesh_sockhash, k, BPF_ANY) == 0)
 		count(AXON_MESH_M_SENDERS, 1);
 	else
@@ -308,8 +330,10 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 		 * for its getsockopt and its PASSIVE_ESTABLISHED. */
 		bpf_map_update_elem(&axon_mesh_pairs, &peer, &copy, BPF_ANY);
 		bpf_map_delete_elem(&axon_mesh_orig, &cookie);
+		/* The connecting side is the sidecar, or an app (the client of
+		 * the destination it asked for). */
 		if (copy.flags & AXON_MESH_ORIG_BYPASS)
-			shortcut_add(skops, &k, copy.flags & AXON_MESH_ORIG_PROXY);
+			shortcut_add(skops, &k, &copy, (copy.flags & AXON_MESH_ORIG_PROXY) ? 0 : AXON_MESH_ROLE_CLIENT);
 		break;
 	}
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: {
@@ -318,8 +342,10 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 		struct mesh_orig *o = bpf_map_lookup_elem(&axon_mesh_pairs, &k);
 		/* The accepting side is the sidecar for a captured connection
 		 * (its listener), the app for the sidecar's local one. */
-		if (o && (o->flags & AXON_MESH_ORIG_BYPASS))
-			shortcut_add(skops, &k, !(o->flags & AXON_MESH_ORIG_LOCAL));
+		if (o && (o->flags & AXON_MESH_ORIG_BYPASS)) {
+			struct mesh_orig copy = *o;
+			shortcut_add(skops, &k, &copy, (copy.flags & AXON_MESH_ORIG_LOCAL) ? AXON_MESH_ROLE_SERVER : 0);
+		}
 		break;
 	}
 	default:
@@ -367,6 +393,10 @@ static __always_inline int keep_shortcut(const struct mesh_sock_key *own, const 
 		return 1;
 	f->pass = 1;
 	count(AXON_MESH_M_STREAM_PASS, 1);
+	if (f->app.role) {
+		__u64 now_ns = now;
+		bpf_map_update_elem(&axon_mesh_stream_dsts, &f->app, &now_ns, BPF_ANY);
+	}
 	return 0;
 }
 

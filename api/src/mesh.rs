@@ -91,6 +91,10 @@ pub struct MeshCounters {
     /// app's socket sends through the stack and only receives redirects.
     #[serde(default)]
     pub sockets_sending: u64,
+    /// App sockets left on plain TCP writes because their destination is
+    /// known for streams of small writes.
+    #[serde(default)]
+    pub app_sockets_plain: u64,
     pub sockhash_insert_failures: u64,
     pub messages_redirected: u64,
     pub messages_passed: u64,

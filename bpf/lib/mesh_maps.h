@@ -83,6 +83,19 @@ struct mesh_sock_key {
 	__u64 netns;
 };
 
+/* Where an app's socket in the shortcut talks to, seen from the app: the
+ * destination it connected to (CLIENT) or the address it accepted on
+ * (SERVER). Key of axon_mesh_stream_dsts. */
+#define AXON_MESH_ROLE_CLIENT 1
+#define AXON_MESH_ROLE_SERVER 2
+
+struct mesh_dst {
+	__u8 addr[16];
+	__be16 port;
+	__u8 role; /* AXON_MESH_ROLE_*; 0 in a flow record: not an app socket */
+	__u8 pad;
+};
+
 /* axon_mesh_flows (LRU): one sending socket (its own view) -> whether its
  * messages still take the shortcut. A run of small messages with no answer
  * from the peer (a stream of small writes, where the stack's batching beats
@@ -98,7 +111,16 @@ struct mesh_flow {
 	__u32 streak;       /* small messages sent back to back, unanswered */
 	__u32 pass;         /* 1: through the stack from now on */
 	__u64 last_send_ns; /* when the last small message was sent */
+	struct mesh_dst app; /* an app's socket: where it talks to (see axon_mesh_stream_dsts) */
 };
+
+/* axon_mesh_stream_dsts (LRU): an app destination -> when an app socket
+ * talking to it last turned out to write a small-write stream (ns, boot
+ * clock). Leaving the shortcut mid-connection still leaves the socket with
+ * the sk_msg program (see the sockhashes below), so the next connections of
+ * that kind start as targets only and write through plain TCP. Entries older
+ * than AXON_MESH_STREAM_DST_TTL_NS are tried on the shortcut again. */
+#define AXON_MESH_STREAM_DST_TTL_NS (600ULL * 1000000000ULL)
 
 /* axon_mesh_metrics (per-CPU array) indices. */
 #define AXON_MESH_M_OUTBOUND     0 /* connects captured to the outbound port */
@@ -112,6 +134,7 @@ struct mesh_flow {
 #define AXON_MESH_M_BYTES_REDIR  8 /* bytes redirected */
 #define AXON_MESH_M_STREAM_PASS  9 /* flows switched to the stack (small-write streams) */
 #define AXON_MESH_M_SENDERS     10 /* of those, sockets that send through it (axon_mesh_sockhash) */
+#define AXON_MESH_M_APP_PLAIN   11 /* app sockets kept on plain TCP writes: a known small-write destination */
 #define AXON_MESH_M_MAX          16
 
 struct {
@@ -162,9 +185,11 @@ struct {
  * writes run at about 0.6x of plain TCP), and the program stays with the
  * socket until it leaves every sockhash — which would drop data still queued
  * for it. So a socket only gets the program when its writes are worth
- * redirecting: the sidecar's sockets (it forwards what it read, in chunks).
- * An app's socket is only a target: it sends through the stack like without
- * Axon and receives the sidecar's redirected messages.
+ * redirecting: always the sidecar's sockets (it forwards what it read, in
+ * chunks), and an app's socket unless its destination is known for streams
+ * of small writes (axon_mesh_stream_dsts). Otherwise it is only a target: it
+ * sends through the stack like without Axon and receives the sidecar's
+ * redirected messages.
  *
  * axon_mesh_sockhash: sockets whose writes mesh_msg redirects (sk_msg attached).
  * axon_mesh_targets:  every socket of the shortcut; where mesh_msg redirects to.
@@ -192,6 +217,14 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_mesh_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct mesh_dst);
+	__type(value, __u64);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_stream_dsts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -60,27 +60,37 @@ fn envoy_to_envoy_with_capture_and_bypass() {
         serde_json::from_str(run.wait_output(Duration::from_secs(60)).expect("pattern ran").trim()).expect("json");
     assert_eq!(out["ok"], true, "small-write echo: {out}");
     // A one-way stream of small writes leaves the shortcut mid-connection (that
-    // direction only, for good): every byte still arrives, in order.
+    // direction only, for good): every byte still arrives, in order. The app's
+    // next connection to that destination writes through plain TCP from the
+    // start (it only receives through the shortcut), and arrives whole too.
     let report = std::env::temp_dir().join(format!("{}-sink-report", lab.lab().id()));
     let report_s = report.display().to_string();
     let _sink = lab.spawn_app(1, &["sink", "9000", "--report", &report_s]).expect("sink");
     axon_lab::mesh::wait_listening(lab.netns(1), "127.0.0.1:9000".parse().unwrap(), Duration::from_secs(10))
         .expect("sink listening");
     let sink_addr = lab.pod(1).addr(false, 9000).to_string();
-    lab.spawn_app(0, &["stream", &sink_addr, "64", "300"])
-        .expect("stream")
-        .wait_output(Duration::from_secs(30))
-        .expect("stream ran");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let verdict = loop {
-        let text = std::fs::read_to_string(&report).unwrap_or_default();
-        if !text.is_empty() || std::time::Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let before = lab.status().expect("status").counters;
+    for n in 1..=2 {
+        lab.spawn_app(0, &["stream", &sink_addr, "64", "300"])
+            .expect("stream")
+            .wait_output(Duration::from_secs(30))
+            .expect("stream ran");
+        let verdicts = wait_report_lines(&report, n);
+        assert!(
+            verdicts.len() == n && verdicts.iter().all(|v| v.starts_with("ok ")),
+            "stream {n} arrived whole and in order: {verdicts:?}"
+        );
+    }
     let _ = std::fs::remove_file(&report);
-    assert!(verdict.starts_with("ok "), "the stream arrived whole and in order: {verdict:?}");
+    let after = lab.status().expect("status").counters;
+    assert!(
+        after.streams_to_stack > before.streams_to_stack,
+        "the first small-write stream left the shortcut: {after:?}"
+    );
+    assert!(
+        after.app_sockets_plain > before.app_sockets_plain,
+        "the second stream's app socket started on plain TCP writes: {after:?}"
+    );
 
     let status = lab.status().expect("status");
     assert!(status.pods.iter().all(|p| p.accelerated && p.bypass), "{status:?}");
@@ -89,8 +99,22 @@ fn envoy_to_envoy_with_capture_and_bypass() {
     assert!(c.captured_outbound >= 26 && c.captured_inbound >= 26, "{c:?}");
     assert!(c.original_dst_answered >= 52, "{c:?}");
     assert!(c.sockets_bypassed >= 26 * 4, "two local pairs per request, both ends: {c:?}");
+    assert!(c.sockets_sending < c.sockets_bypassed, "an app socket on plain writes is only a target: {c:?}");
     assert!(c.messages_redirected > 0 && c.bytes_redirected > 26 * 2 * 100, "{c:?}");
     assert_eq!(c.sockhash_insert_failures, 0, "{c:?}");
+}
+
+/// The sink's report lines once it has `n` (or after 10 s).
+fn wait_report_lines(report: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(report).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Requests from pod a to pod b's `port`: through which sidecars did they go?

@@ -449,6 +449,7 @@ impl MeshManager {
             original_dst_answered: read(metric::ORIG_DST),
             sockets_bypassed: read(metric::SOCK_ADDED),
             sockets_sending: read(metric::SENDERS),
+            app_sockets_plain: read(metric::APP_PLAIN),
             sockhash_insert_failures: read(metric::SOCK_FAILED),
             messages_redirected: read(metric::REDIRECTED),
             messages_passed: read(metric::PASSED),

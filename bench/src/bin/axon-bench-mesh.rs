@@ -16,6 +16,9 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "axon-bench-mesh", about = "Benchmark sidecar capture: iptables vs Axon capture vs Axon + sockmap")]
 struct Cli {
+    /// Interleaved repetitions; each cell reports the median.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 5)]
     duration: u64,
@@ -25,7 +28,7 @@ struct Cli {
     /// wrk connections.
     #[arg(long, default_value_t = 8)]
     connections: u32,
-    /// Short runs (2 s wrk, 500 ms streams).
+    /// Short runs (one round, 2 s wrk, 500 ms streams).
     #[arg(long)]
     quick: bool,
     /// Only the streaming sweep, no wrk runs (implies --docs -).
@@ -34,6 +37,9 @@ struct Cli {
     /// Print the datapath's mesh counters after each stream.
     #[arg(long)]
     verbose: bool,
+    /// Run only this scenario (direct, iptables, capture, bypass); repeatable. Implies --docs -.
+    #[arg(long = "only", value_parser = parse_scenario)]
+    only: Vec<mesh::Scenario>,
     /// Where the results section goes ("-" for nowhere).
     #[arg(long, default_value = "docs/benchmarks.md")]
     docs: PathBuf,
@@ -45,20 +51,26 @@ const END: &str = "<!-- mesh-bench:end -->";
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let opts = mesh::Options {
+        rounds: if cli.quick { 1 } else { cli.rounds },
         duration: Duration::from_secs(if cli.quick { 2 } else { cli.duration }),
         stream_duration: Duration::from_millis(if cli.quick { 500 } else { cli.stream_ms }),
         connections: cli.connections,
         streams_only: cli.streams_only,
         verbose: cli.verbose,
+        only: cli.only.clone(),
     };
     let results = mesh::run(&opts)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let section = mesh::report(&results, &command, &opts);
     println!("{section}");
-    if cli.docs.as_os_str() != "-" && !cli.streams_only {
+    if cli.docs.as_os_str() != "-" && !cli.streams_only && cli.only.is_empty() {
         write_section(&cli.docs, &section).with_context(|| format!("writing {}", cli.docs.display()))?;
     }
     Ok(())
+}
+
+fn parse_scenario(name: &str) -> Result<mesh::Scenario, String> {
+    mesh::Scenario::parse(name).ok_or_else(|| format!("unknown scenario {name:?}: direct, iptables, capture or bypass"))
 }
 
 /// Replaces the text between the markers, or appends a new section.

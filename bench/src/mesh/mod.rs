@@ -18,6 +18,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub const SINK_PORT: u16 = 9000;
+/// A second sink, only for the first stream to an unseen destination.
+pub const FRESH_SINK_PORT: u16 = 9001;
+/// Unmeasured stream before each measured one.
+const STREAM_WARMUP: Duration = Duration::from_millis(200);
 pub const SIZES: &[usize] = &[64, 256, 1024, 4096, 16384, 65536];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +33,20 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// `direct`, `iptables`, `capture`, `bypass`.
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::Iptables => "iptables",
+            Scenario::Capture => "capture",
+            Scenario::Bypass => "bypass",
+        }
+    }
+
     pub const ALL: [Scenario; 4] = [Scenario::Direct, Scenario::Iptables, Scenario::Capture, Scenario::Bypass];
 
     pub fn label(self) -> &'static str {
@@ -59,7 +77,10 @@ pub struct ScenarioResult {
     pub stream_mbps: Vec<f64>,
 }
 
+#[derive(Clone)]
 pub struct Options {
+    /// Interleaved repetitions of the whole sweep; each cell reports the median.
+    pub rounds: u32,
     pub duration: Duration,
     pub stream_duration: Duration,
     pub connections: u32,
@@ -67,47 +88,118 @@ pub struct Options {
     pub streams_only: bool,
     /// Print the datapath's mesh counters after each stream.
     pub verbose: bool,
+    /// Only these scenarios (all when empty).
+    pub only: Vec<Scenario>,
 }
 
-/// Runs every scenario and returns the results in [`Scenario::ALL`] order.
-pub fn run(opts: &Options) -> Result<Vec<ScenarioResult>> {
+/// Runs every scenario `opts.rounds` times, interleaved, and returns the
+/// median of each cell in [`Scenario::ALL`] order, plus the first stream to
+/// a destination the datapath has not seen yet (see [`Report::first_stream`]).
+pub fn run(opts: &Options) -> Result<Report> {
     let mut lab = MeshLab::new("bench-mesh", MeshFlavor::Istio, &[]).context("mesh lab")?;
     lab.start_pods(true).context("apps and Envoys")?;
-    let _sink = lab.spawn_app(1, &["sink", &SINK_PORT.to_string()])?;
-    wait_listening(lab.netns(1), SocketAddr::from(([127, 0, 0, 1], SINK_PORT)), Duration::from_secs(10))?;
-    let mut out = Vec::new();
-    for scenario in Scenario::ALL {
-        set_scenario(&lab, scenario)?;
-        eprintln!("mesh bench: {}", scenario.label());
-        let url = format!("http://{}/", lab.pod(1).addr(false, APP_PORT));
-        let (keepalive, newconn) = if opts.streams_only {
-            (WrkResult::default(), WrkResult::default())
-        } else {
-            (wrk(&lab, &url, opts, false)?, wrk(&lab, &url, opts, true)?)
-        };
-        let sink = lab.pod(1).addr(false, SINK_PORT).to_string();
-        let mut stream_mbps = Vec::new();
-        for size in SIZES {
-            let ms = opts.stream_duration.as_millis().to_string();
-            let run = lab.spawn_app(0, &["stream", &sink, &size.to_string(), &ms])?;
-            let text = run.wait_output(opts.stream_duration + Duration::from_secs(30))?;
-            let v: serde_json::Value = serde_json::from_str(text.trim()).context("stream output")?;
-            let bytes = v["bytes"].as_f64().unwrap_or(0.0);
-            let secs = v["secs"].as_f64().unwrap_or(1.0).max(1e-3);
-            stream_mbps.push(bytes / secs / 1e6);
-            if opts.verbose {
-                let c = lab.status().map_err(anyhow::Error::msg)?.counters;
-                eprintln!("  {size} B: {:.0} MB/s, counters {}", bytes / secs / 1e6, serde_json::to_string(&c)?);
+    let _sinks = [SINK_PORT, FRESH_SINK_PORT]
+        .into_iter()
+        .map(|port| {
+            let sink = lab.spawn_app(1, &["sink", &port.to_string()])?;
+            wait_listening(lab.netns(1), SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10))?;
+            Ok(sink)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let scenarios: Vec<Scenario> =
+        Scenario::ALL.into_iter().filter(|s| opts.only.is_empty() || opts.only.contains(s)).collect();
+    let mut rounds: Vec<Vec<ScenarioResult>> = vec![Vec::new(); scenarios.len()];
+    let mut first_stream = None;
+    for round in 0..opts.rounds.max(1) {
+        for (i, scenario) in scenarios.iter().enumerate() {
+            set_scenario(&lab, *scenario)?;
+            eprintln!("mesh bench, round {}: {}", round + 1, scenario.label());
+            if *scenario == Scenario::Bypass && first_stream.is_none() {
+                let fresh = lab.pod(1).addr(false, FRESH_SINK_PORT).to_string();
+                first_stream = Some(stream_mbps(&lab, &fresh, SIZES[0], opts)?);
             }
+            rounds[i].push(run_scenario(&lab, *scenario, opts)?);
         }
-        eprintln!(
-            "  keep-alive {:.0} req/s p50 {:.0}us; new-conn {:.0} req/s; stream {:?}",
-            keepalive.rps, keepalive.p50_us, newconn.rps, stream_mbps
-        );
-        out.push(ScenarioResult { scenario, keepalive, newconn, stream_mbps });
     }
     set_scenario(&lab, Scenario::Direct)?;
-    Ok(out)
+    let results = rounds.iter().map(|runs| median_result(runs)).collect();
+    Ok(Report { results, first_stream, rounds: opts.rounds.max(1) })
+}
+
+/// What [`run`] measured.
+pub struct Report {
+    pub results: Vec<ScenarioResult>,
+    /// (c) only: MB/s of the smallest write size on the first connection to
+    /// a destination, before the datapath knows it for small-write streams
+    /// (that connection's app socket starts on the shortcut and leaves it
+    /// mid-stream; later connections write through plain TCP).
+    pub first_stream: Option<f64>,
+    pub rounds: u32,
+}
+
+fn run_scenario(lab: &MeshLab, scenario: Scenario, opts: &Options) -> Result<ScenarioResult> {
+    let url = format!("http://{}/", lab.pod(1).addr(false, APP_PORT));
+    let (keepalive, newconn) = if opts.streams_only {
+        (WrkResult::default(), WrkResult::default())
+    } else {
+        (wrk(lab, &url, opts, false)?, wrk(lab, &url, opts, true)?)
+    };
+    let sink = lab.pod(1).addr(false, SINK_PORT).to_string();
+    let mut mbps = Vec::new();
+    for size in SIZES {
+        // The same destination as every measured stream before it: what a
+        // steady workload sees. The warm-up is the same in every scenario.
+        stream_mbps(lab, &sink, *size, &Options { stream_duration: STREAM_WARMUP, ..opts.clone() })?;
+        mbps.push(stream_mbps(lab, &sink, *size, opts)?);
+        if opts.verbose {
+            let c = lab.status().map_err(anyhow::Error::msg)?.counters;
+            eprintln!("  {size} B: {:.0} MB/s, counters {}", mbps.last().unwrap_or(&0.0), serde_json::to_string(&c)?);
+        }
+    }
+    eprintln!(
+        "  keep-alive {:.0} req/s p50 {:.0}us; new-conn {:.0} req/s; stream {:?}",
+        keepalive.rps,
+        keepalive.p50_us,
+        newconn.rps,
+        mbps.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+    Ok(ScenarioResult { scenario, keepalive, newconn, stream_mbps: mbps })
+}
+
+/// One stream of `size`-byte writes from pod a's app to `sink`: MB/s written.
+fn stream_mbps(lab: &MeshLab, sink: &str, size: usize, opts: &Options) -> Result<f64> {
+    let ms = opts.stream_duration.as_millis().to_string();
+    let run = lab.spawn_app(0, &["stream", sink, &size.to_string(), &ms])?;
+    let text = run.wait_output(opts.stream_duration + Duration::from_secs(30))?;
+    let v: serde_json::Value = serde_json::from_str(text.trim()).context("stream output")?;
+    let bytes = v["bytes"].as_f64().context("stream output: bytes")?;
+    let secs = v["secs"].as_f64().context("stream output: secs")?.max(1e-3);
+    Ok(bytes / secs / 1e6)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Cell by cell median of one scenario's rounds.
+fn median_result(runs: &[ScenarioResult]) -> ScenarioResult {
+    let wrk = |pick: fn(&ScenarioResult) -> &WrkResult| WrkResult {
+        rps: median(runs.iter().map(|r| pick(r).rps).collect()),
+        p50_us: median(runs.iter().map(|r| pick(r).p50_us).collect()),
+        p99_us: median(runs.iter().map(|r| pick(r).p99_us).collect()),
+        errors: runs.iter().map(|r| pick(r).errors).sum(),
+    };
+    ScenarioResult {
+        scenario: runs[0].scenario,
+        keepalive: wrk(|r| &r.keepalive),
+        newconn: wrk(|r| &r.newconn),
+        stream_mbps: (0..SIZES.len()).map(|i| median(runs.iter().map(|r| r.stream_mbps[i]).collect())).collect(),
+    }
 }
 
 /// Puts the lab in `scenario`: mesh registrations and iptables rules.
@@ -228,15 +320,20 @@ fn duration_us(v: &str) -> Result<f64> {
 }
 
 /// The markdown section written to docs/benchmarks.md.
-pub fn report(results: &[ScenarioResult], command: &str, opts: &Options) -> String {
+pub fn report(report: &Report, command: &str, opts: &Options) -> String {
+    let results = &report.results;
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Command: `{command}` (wrk -t1 -c{} for {:?} per run; streams {:?} per size; {}).\n",
+        "Command: `{command}` (median of {} interleaved rounds; wrk -t1 -c{} for {:?} per run; streams {:?} per size \
+         after a {:?} warm-up stream; {}; {} CPUs).\n",
+        report.rounds,
         opts.connections,
         opts.duration,
         opts.stream_duration,
-        axon_lab_kernel()
+        STREAM_WARMUP,
+        axon_lab_kernel(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let base = results.iter().find(|r| r.scenario == Scenario::Iptables).map(|r| r.keepalive.clone());
     let _ = writeln!(
@@ -279,6 +376,15 @@ pub fn report(results: &[ScenarioResult], command: &str, opts: &Options) -> Stri
         let ratios: Vec<String> =
             b.stream_mbps.iter().zip(&c.stream_mbps).map(|(b, c)| format!("×{:.2}", c / b.max(1e-9))).collect();
         let _ = writeln!(s, "| (c) / (b) | {} |", ratios.join(" | "));
+    }
+    if let Some(first) = report.first_stream {
+        let _ = writeln!(
+            s,
+            "\nFirst stream to a destination the datapath has not seen, {}: {first:.0} MB/s in (c) (the app's socket \
+             starts on the shortcut and leaves it mid-stream; later connections to that destination write through \
+             plain TCP, the rows above).",
+            human_size(SIZES[0])
+        );
     }
     s
 }

@@ -17,9 +17,10 @@ pub mod names {
     pub const TARGETS: &str = "axon_mesh_targets";
     pub const METRICS: &str = "axon_mesh_metrics";
     pub const FLOWS: &str = "axon_mesh_flows";
+    pub const STREAM_DSTS: &str = "axon_mesh_stream_dsts";
 
     /// Every map the mesh object defines.
-    pub const ALL: &[&str] = &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, TARGETS, METRICS, FLOWS];
+    pub const ALL: &[&str] = &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, TARGETS, METRICS, FLOWS, STREAM_DSTS];
 }
 
 /// `AXON_MESH_MODE_*`.
@@ -56,6 +57,7 @@ pub mod metric {
     pub const BYTES_REDIRECTED: u32 = 8;
     pub const STREAMS_TO_STACK: u32 = 9;
     pub const SENDERS: u32 = 10;
+    pub const APP_PLAIN: u32 = 11;
     /// Entries of the array.
     pub const MAX: u32 = 16;
 }
@@ -160,6 +162,25 @@ pub struct MeshFlow {
     pub streak: u32,
     pub pass: u32,
     pub last_send_ns: u64,
+    pub app: MeshDst,
+}
+
+/// `struct mesh_dst`: key of `axon_mesh_stream_dsts` (value: `u64` ns).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MeshDst {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    /// [`role`]`::*`, 0: not an app socket.
+    pub role: u8,
+    pub pad: u8,
+}
+
+/// `AXON_MESH_ROLE_*` (`MeshDst::role`).
+pub mod role {
+    pub const CLIENT: u8 = 1;
+    pub const SERVER: u8 = 2;
 }
 
 /// An address as the mesh maps store it: IPv4 v4-mapped.
@@ -187,6 +208,7 @@ unsafe impl aya::Pod for MeshCidrKey {}
 unsafe impl aya::Pod for MeshOrig {}
 unsafe impl aya::Pod for MeshSockKey {}
 unsafe impl aya::Pod for MeshFlow {}
+unsafe impl aya::Pod for MeshDst {}
 
 #[cfg(test)]
 mod tests {
