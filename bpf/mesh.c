@@ -14,6 +14,9 @@
  *                       bypass both sockets enter the shortcut: as targets,
  *                       and the sidecar's one also as a sender (see the
  *                       sockhashes in mesh_maps.h).
+ *   cgroup/bind4,6      the sidecar's binds of its own ports tell which
+ *                       family each of its listeners accepts, so capture
+ *                       never sends a connection where nothing listens.
  *   cgroup/getsockopt   SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST on an accepted
  *                       socket answers from that record, so an unmodified
  *                       proxy (Envoy's original_dst, HAProxy's transparent
@@ -120,6 +123,17 @@ static __always_inline int cidr_excluded(__u64 cgroup_id, const __u8 *addr)
 	return bpf_map_lookup_elem(&axon_mesh_excl_cidrs, &key) != 0;
 }
 
+/* Whether the pod's sidecar can accept a redirect needing `want` (one
+ * AXON_MESH_LISTEN_* bit). Unknown listeners: assume it can. */
+static __always_inline int sidecar_listens(__u64 cgroup_id, __u32 want)
+{
+	struct mesh_listeners *l = bpf_map_lookup_elem(&axon_mesh_listeners, &cgroup_id);
+	if (!l || (l->flags & want))
+		return 1;
+	count(AXON_MESH_M_NO_LISTENER, 1);
+	return 0;
+}
+
 enum capture { CAPTURE_NONE, CAPTURE_OUTBOUND, CAPTURE_INBOUND };
 
 /*
@@ -155,7 +169,9 @@ static __always_inline enum capture decide(void *ctx, const __u8 *addr, __be16 p
 	}
 	if (cur && cur->proxy_uid == uid)
 		orig->flags |= AXON_MESH_ORIG_PROXY;
-	if (cur && cur->proxy_uid != uid && !excluded) {
+	int v4 = is_v4_mapped(addr);
+	if (cur && cur->proxy_uid != uid && !excluded &&
+	    sidecar_listens(cur_id, v4 ? AXON_MESH_LISTEN_OUT_V4 : AXON_MESH_LISTEN_OUT_V6)) {
 		orig->flags = AXON_MESH_ORIG_OUTBOUND;
 		if (cur->flags & AXON_MESH_POD_BYPASS)
 			orig->flags |= AXON_MESH_ORIG_BYPASS;
@@ -187,6 +203,8 @@ static __always_inline enum capture decide(void *ctx, const __u8 *addr, __be16 p
 		count(AXON_MESH_M_EXCLUDED, 1);
 		return CAPTURE_NONE;
 	}
+	if (!sidecar_listens(dst_id, v4 ? AXON_MESH_LISTEN_IN_V4 : AXON_MESH_LISTEN_IN_V6))
+		return CAPTURE_NONE;
 	orig->flags |= AXON_MESH_ORIG_INBOUND;
 	if (dst->flags & AXON_MESH_POD_BYPASS)
 		orig->flags |= AXON_MESH_ORIG_BYPASS;
@@ -234,6 +252,64 @@ int mesh6_connect(struct bpf_sock_addr *ctx)
 	}
 	if (c != CAPTURE_NONE)
 		ctx->user_port = bpf_htons(new_port);
+	return 1;
+}
+
+/* Notes a bind of the sidecar's outbound or inbound port in an enabled pod
+ * (see axon_mesh_listeners). Never changes the bind: widening Linkerd's
+ * loopback-only outbound listener to the wildcard, as some meshes do, would
+ * open the pod's outbound proxy to anyone who can reach the pod. */
+static __always_inline void note_listener(const __u8 *addr, __be16 port)
+{
+	__u64 cur_id = 0;
+	struct mesh_pod *cur = current_pod(&cur_id);
+	if (!cur || cur->proxy_uid != (__u32)bpf_get_current_uid_gid())
+		return;
+	__u16 hport = bpf_ntohs(port);
+	int v4 = is_v4_mapped(addr);
+	__u64 hi, lo;
+	__builtin_memcpy(&hi, addr, 8);
+	__builtin_memcpy(&lo, addr + 8, 8);
+	int any = v4 ? (addr[12] | addr[13] | addr[14] | addr[15]) == 0 : (hi | lo) == 0;
+	int loop = is_loopback(addr);
+	__u32 bits = 0;
+	if (hport == cur->outbound_port && (loop || any))
+		bits = v4 ? AXON_MESH_LISTEN_OUT_V4 : AXON_MESH_LISTEN_OUT_V6 | (any ? AXON_MESH_LISTEN_OUT_V4 : 0);
+	else if (hport == cur->inbound_port && !loop)
+		bits = v4 ? AXON_MESH_LISTEN_IN_V4 : AXON_MESH_LISTEN_IN_V6 | (any ? AXON_MESH_LISTEN_IN_V4 : 0);
+	if (!bits)
+		return;
+	/* A sidecar binds its listeners one after the other at start-up: a
+	 * plain read-modify-write is enough (no 32-bit atomic OR before BPF v3). */
+	struct mesh_listeners *l = bpf_map_lookup_elem(&axon_mesh_listeners, &cur_id);
+	if (l) {
+		l->flags |= bits;
+	} else {
+		struct mesh_listeners init = {.flags = bits};
+		bpf_map_update_elem(&axon_mesh_listeners, &cur_id, &init, BPF_ANY);
+	}
+}
+
+SEC("cgroup/bind4")
+int mesh4_bind(struct bpf_sock_addr *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 1;
+	__u8 addr[16];
+	set_v4(addr, ctx->user_ip4);
+	note_listener(addr, (__be16)ctx->user_port);
+	return 1;
+}
+
+SEC("cgroup/bind6")
+int mesh6_bind(struct bpf_sock_addr *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 1;
+	__u8 addr[16];
+	__u32 ip6[4] = {CTX32(ctx->user_ip6[0]), CTX32(ctx->user_ip6[1]), CTX32(ctx->user_ip6[2]), CTX32(ctx->user_ip6[3])};
+	set_v6(addr, ip6);
+	note_listener(addr, (__be16)ctx->user_port);
 	return 1;
 }
 

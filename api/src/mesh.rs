@@ -95,6 +95,10 @@ pub struct MeshCounters {
     /// known for streams of small writes.
     #[serde(default)]
     pub app_sockets_plain: u64,
+    /// Connects left uncaptured because the sidecar has no listener of
+    /// their address family (e.g. IPv6 with an IPv4-only outbound listener).
+    #[serde(default)]
+    pub no_listener: u64,
     pub sockhash_insert_failures: u64,
     pub messages_redirected: u64,
     pub messages_passed: u64,

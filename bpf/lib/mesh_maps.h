@@ -45,6 +45,25 @@ struct mesh_pod_ref {
 	__u64 cgroup_id;
 };
 
+/* axon_mesh_listeners (LRU): cgroup id of an enabled pod -> which
+ * redirects its sidecar can accept, learnt by the bind hooks from the
+ * sidecar's own binds of its outbound and inbound ports (AXON_MESH_LISTEN_*).
+ * Capture sends a connection to loopback:outbound (outbound) or to the pod's
+ * address:inbound (inbound); a sidecar without a listener of that family
+ * there (Linkerd's outbound listener is 127.0.0.1:4140 only unless dual-stack
+ * is on) would refuse it, so that family is left uncaptured instead, as
+ * proxy-init leaves it without ip6tables. Absent: nothing seen (the sidecar
+ * started before the pod was enabled): capture as usual. A wildcard IPv6
+ * bind counts for IPv4 too (dual-stack, the default). */
+#define AXON_MESH_LISTEN_OUT_V4 0x01 /* outbound port on 127.0.0.1 or 0.0.0.0 */
+#define AXON_MESH_LISTEN_OUT_V6 0x02 /* outbound port on ::1 or :: */
+#define AXON_MESH_LISTEN_IN_V4  0x04 /* inbound port on 0.0.0.0 or a pod address */
+#define AXON_MESH_LISTEN_IN_V6  0x08 /* inbound port on :: or a pod address */
+
+struct mesh_listeners {
+	__u32 flags; /* AXON_MESH_LISTEN_* */
+};
+
 /* axon_mesh_excl_cidrs (LPM): (pod cgroup id, destination) -> 1. The prefix
  * covers pad and cgroup id (96 bits) plus the address prefix. */
 struct mesh_cidr_key {
@@ -135,6 +154,7 @@ struct mesh_flow {
 #define AXON_MESH_M_STREAM_PASS  9 /* flows switched to the stack (small-write streams) */
 #define AXON_MESH_M_SENDERS     10 /* of those, sockets that send through it (axon_mesh_sockhash) */
 #define AXON_MESH_M_APP_PLAIN   11 /* app sockets kept on plain TCP writes: a known small-write destination */
+#define AXON_MESH_M_NO_LISTENER 12 /* connects left alone: the sidecar has no listener of that family */
 #define AXON_MESH_M_MAX          16
 
 struct {
@@ -152,6 +172,14 @@ struct {
 	__uint(max_entries, 8192);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_mesh_pod_ips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct mesh_listeners);
+	__uint(max_entries, 4096);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_mesh_listeners SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);

@@ -56,6 +56,8 @@ pub static MESH: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 pub const MESH_CGROUP_PROGRAMS: &[(&str, &str)] = &[
     ("mesh4_connect", "cgroup/connect4"),
     ("mesh6_connect", "cgroup/connect6"),
+    ("mesh4_bind", "cgroup/bind4"),
+    ("mesh6_bind", "cgroup/bind6"),
     ("mesh_getsockopt", "cgroup/getsockopt"),
     ("mesh_sockops", "sockops"),
 ];

@@ -477,6 +477,7 @@ fn mesh_maps_match_their_rust_mirrors() {
     check_struct!(btf, "mesh_sock_key", MeshSockKey, [local, remote, local_port, remote_port, netns]);
     check_struct!(btf, "mesh_flow", MeshFlow, [streak, pass, last_send_ns, app]);
     check_struct!(btf, "mesh_dst", MeshDst, [addr, port, role, pad]);
+    check_struct!(btf, "mesh_listeners", MeshListeners, [flags]);
     let maps = btf.maps();
     let sizes: BTreeMap<String, (usize, usize)> = maps.iter().map(|(n, (k, v, _))| (n.clone(), (*k, *v))).collect();
     let expected: BTreeMap<String, (usize, usize)> = [
@@ -490,6 +491,7 @@ fn mesh_maps_match_their_rust_mirrors() {
         (mesh::names::METRICS, size_of::<u32>(), size_of::<u64>()),
         (mesh::names::FLOWS, size_of::<MeshSockKey>(), size_of::<MeshFlow>()),
         (mesh::names::STREAM_DSTS, size_of::<MeshDst>(), size_of::<u64>()),
+        (mesh::names::LISTENERS, size_of::<u64>(), size_of::<MeshListeners>()),
     ]
     .into_iter()
     .map(|(name, k, v)| (name.to_string(), (k, v)))

@@ -114,11 +114,12 @@ fn render(st: &MeshStatus) -> String {
     text.push_str(&table::render(&["POD", "ACCELERATED", "PATH", "IPS", "CGROUP ID", "EXCLUDED OUT"], &rows));
     let c = &st.counters;
     text.push_str(&format!(
-        "\nCounters: captured outbound {}, inbound {}, excluded {}, SO_ORIGINAL_DST answered {}\n\
+        "\nCounters: captured outbound {}, inbound {}, excluded {}, no sidecar listener {}, SO_ORIGINAL_DST answered {}\n\
          \x20         sockets bypassed {} (sending {}, apps on plain writes {}, insert failures {}), messages redirected {} ({} bytes), passed {}, streams sent through the stack {}\n",
         c.captured_outbound,
         c.captured_inbound,
         c.excluded,
+        c.no_listener,
         c.original_dst_answered,
         c.sockets_bypassed,
         c.sockets_sending,

@@ -333,12 +333,14 @@ pub fn envoy_config(log: &Path) -> String {
     s
 }
 
+/// Listeners where Linkerd's proxy has them without dual-stack: outbound on
+/// 127.0.0.1:4140 only (loopback: not an open proxy), inbound on 0.0.0.0:4143.
 /// HAProxy in tcp mode with transparent servers: the destination is what
 /// getsockopt(SO_ORIGINAL_DST) answers on the accepted connection.
 pub fn haproxy_config() -> String {
     "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
-     frontend outbound\n  bind 0.0.0.0:4140\n  bind :::4140 v6only\n  default_backend passthrough\n\
-     frontend inbound\n  bind 0.0.0.0:4143\n  bind :::4143 v6only\n  default_backend passthrough\n\
+     frontend outbound\n  bind 127.0.0.1:4140\n  default_backend passthrough\n\
+     frontend inbound\n  bind 0.0.0.0:4143\n  default_backend passthrough\n\
      backend passthrough\n  server orig 0.0.0.0:0\n"
         .to_string()
 }

@@ -97,10 +97,15 @@ fn attach_cgroup(
             p.load().map_err(|e| err(what(), error_chain(&e)))?;
             (BPF_CGROUP_GETSOCKOPT, p.fd().map_err(|e| err(what(), e))?.as_fd().try_clone_to_owned())
         }
-        "cgroup/connect4" | "cgroup/connect6" => {
+        "cgroup/connect4" | "cgroup/connect6" | "cgroup/bind4" | "cgroup/bind6" => {
             let p: &mut CgroupSockAddr = program.try_into().map_err(|e| err(what(), e))?;
             p.load().map_err(|e| err(what(), error_chain(&e)))?;
-            let t = if section.ends_with('4') { BPF_CGROUP_INET4_CONNECT } else { BPF_CGROUP_INET6_CONNECT };
+            let t = match section {
+                "cgroup/connect4" => BPF_CGROUP_INET4_CONNECT,
+                "cgroup/connect6" => BPF_CGROUP_INET6_CONNECT,
+                "cgroup/bind4" => BPF_CGROUP_INET4_BIND,
+                _ => BPF_CGROUP_INET6_BIND,
+            };
             (t, p.fd().map_err(|e| err(what(), e))?.as_fd().try_clone_to_owned())
         }
         other => return Err(err(what(), format!("unknown section {other}"))),
@@ -112,6 +117,8 @@ fn attach_cgroup(
     sys::obj_pin(link.as_fd(), pin).map_err(|e| err(format!("pinning {}", pin.display()), e))
 }
 
+const BPF_CGROUP_INET4_BIND: u32 = 8;
+const BPF_CGROUP_INET6_BIND: u32 = 9;
 const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 const BPF_CGROUP_INET6_CONNECT: u32 = 11;
 const BPF_CGROUP_SOCK_OPS: u32 = 3;

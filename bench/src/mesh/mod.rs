@@ -242,7 +242,8 @@ fn set_scenario(lab: &MeshLab, scenario: Scenario) -> Result<()> {
 /// does on a real node too, the same for every scenario: few TIME_WAIT
 /// sockets and a wide port range in each pod.
 fn bound_time_wait(lab: &MeshLab, pod: usize) -> Result<()> {
-    for setting in ["net.ipv4.tcp_max_tw_buckets=1024", "net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1"]
+    for setting in
+        ["net.ipv4.tcp_max_tw_buckets=1024", "net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1"]
     {
         let mut cmd = Command::new("sysctl");
         cmd.args(["-q", "-w", setting]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());

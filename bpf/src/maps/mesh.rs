@@ -18,9 +18,11 @@ pub mod names {
     pub const METRICS: &str = "axon_mesh_metrics";
     pub const FLOWS: &str = "axon_mesh_flows";
     pub const STREAM_DSTS: &str = "axon_mesh_stream_dsts";
+    pub const LISTENERS: &str = "axon_mesh_listeners";
 
     /// Every map the mesh object defines.
-    pub const ALL: &[&str] = &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, TARGETS, METRICS, FLOWS, STREAM_DSTS];
+    pub const ALL: &[&str] =
+        &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, TARGETS, METRICS, FLOWS, STREAM_DSTS, LISTENERS];
 }
 
 /// `AXON_MESH_MODE_*`.
@@ -58,6 +60,7 @@ pub mod metric {
     pub const STREAMS_TO_STACK: u32 = 9;
     pub const SENDERS: u32 = 10;
     pub const APP_PLAIN: u32 = 11;
+    pub const NO_LISTENER: u32 = 12;
     /// Entries of the array.
     pub const MAX: u32 = 16;
 }
@@ -177,6 +180,22 @@ pub struct MeshDst {
     pub pad: u8,
 }
 
+/// `struct mesh_listeners`: value of `axon_mesh_listeners` (key: a pod's cgroup id).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MeshListeners {
+    /// [`listen`]`::*` bits.
+    pub flags: u32,
+}
+
+/// `AXON_MESH_LISTEN_*` (`MeshListeners::flags`).
+pub mod listen {
+    pub const OUT_V4: u32 = 0x01;
+    pub const OUT_V6: u32 = 0x02;
+    pub const IN_V4: u32 = 0x04;
+    pub const IN_V6: u32 = 0x08;
+}
+
 /// `AXON_MESH_ROLE_*` (`MeshDst::role`).
 pub mod role {
     pub const CLIENT: u8 = 1;
@@ -209,6 +228,7 @@ unsafe impl aya::Pod for MeshOrig {}
 unsafe impl aya::Pod for MeshSockKey {}
 unsafe impl aya::Pod for MeshFlow {}
 unsafe impl aya::Pod for MeshDst {}
+unsafe impl aya::Pod for MeshListeners {}
 
 #[cfg(test)]
 mod tests {
