@@ -25,9 +25,10 @@ struct Cli {
     /// Milliseconds per streamed message size.
     #[arg(long, default_value_t = 1500)]
     stream_ms: u64,
-    /// wrk connections.
-    #[arg(long, default_value_t = 8)]
-    connections: u32,
+    /// wrk connections of the keep-alive runs, comma-separated: a
+    /// latency-bound and a CPU-bound load (the new-connection run uses the first).
+    #[arg(long, value_delimiter = ',', default_value = "8,32")]
+    connections: Vec<u32>,
     /// Short runs (one round, 2 s wrk, 500 ms streams).
     #[arg(long)]
     quick: bool,
@@ -54,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         rounds: if cli.quick { 1 } else { cli.rounds },
         duration: Duration::from_secs(if cli.quick { 2 } else { cli.duration }),
         stream_duration: Duration::from_millis(if cli.quick { 500 } else { cli.stream_ms }),
-        connections: cli.connections,
+        connections: cli.connections.clone(),
         streams_only: cli.streams_only,
         verbose: cli.verbose,
         only: cli.only.clone(),

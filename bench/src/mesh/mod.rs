@@ -71,7 +71,8 @@ pub struct WrkResult {
 #[derive(Debug, Clone)]
 pub struct ScenarioResult {
     pub scenario: Scenario,
-    pub keepalive: WrkResult,
+    /// One per entry of [`Options::connections`].
+    pub keepalive: Vec<WrkResult>,
     pub newconn: WrkResult,
     /// MB/s per entry of [`SIZES`].
     pub stream_mbps: Vec<f64>,
@@ -83,7 +84,8 @@ pub struct Options {
     pub rounds: u32,
     pub duration: Duration,
     pub stream_duration: Duration,
-    pub connections: u32,
+    /// wrk connections of each keep-alive run (the new-connection run uses the first).
+    pub connections: Vec<u32>,
     /// Only the streaming sweep (no wrk runs).
     pub streams_only: bool,
     /// Print the datapath's mesh counters after each stream.
@@ -143,9 +145,10 @@ pub struct Report {
 fn run_scenario(lab: &MeshLab, scenario: Scenario, opts: &Options) -> Result<ScenarioResult> {
     let url = format!("http://{}/", lab.pod(1).addr(false, APP_PORT));
     let (keepalive, newconn) = if opts.streams_only {
-        (WrkResult::default(), WrkResult::default())
+        (vec![WrkResult::default(); opts.connections.len()], WrkResult::default())
     } else {
-        (wrk(lab, &url, opts, false)?, wrk(lab, &url, opts, true)?)
+        let keepalive = opts.connections.iter().map(|c| wrk(lab, &url, opts, *c, false)).collect::<Result<Vec<_>>>()?;
+        (keepalive, wrk(lab, &url, opts, opts.connections.first().copied().unwrap_or(8), true)?)
     };
     let sink = lab.pod(1).addr(false, SINK_PORT).to_string();
     let mut mbps = Vec::new();
@@ -160,9 +163,8 @@ fn run_scenario(lab: &MeshLab, scenario: Scenario, opts: &Options) -> Result<Sce
         }
     }
     eprintln!(
-        "  keep-alive {:.0} req/s p50 {:.0}us; new-conn {:.0} req/s; stream {:?}",
-        keepalive.rps,
-        keepalive.p50_us,
+        "  keep-alive {:?} req/s; new-conn {:.0} req/s; stream {:?}",
+        keepalive.iter().map(|k| k.rps.round()).collect::<Vec<_>>(),
         newconn.rps,
         mbps.iter().map(|v| v.round()).collect::<Vec<_>>()
     );
@@ -189,18 +191,21 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// Cell by cell median of one scenario's rounds.
-fn median_result(runs: &[ScenarioResult]) -> ScenarioResult {
-    let wrk = |pick: fn(&ScenarioResult) -> &WrkResult| WrkResult {
+fn wrk_median(runs: &[ScenarioResult], pick: impl Fn(&ScenarioResult) -> &WrkResult) -> WrkResult {
+    WrkResult {
         rps: median(runs.iter().map(|r| pick(r).rps).collect()),
         p50_us: median(runs.iter().map(|r| pick(r).p50_us).collect()),
         p99_us: median(runs.iter().map(|r| pick(r).p99_us).collect()),
         errors: runs.iter().map(|r| pick(r).errors).sum(),
-    };
+    }
+}
+
+/// Cell by cell median of one scenario's rounds.
+fn median_result(runs: &[ScenarioResult]) -> ScenarioResult {
     ScenarioResult {
         scenario: runs[0].scenario,
-        keepalive: wrk(|r| &r.keepalive),
-        newconn: wrk(|r| &r.newconn),
+        keepalive: (0..runs[0].keepalive.len()).map(|i| wrk_median(runs, |r| &r.keepalive[i])).collect(),
+        newconn: wrk_median(runs, |r| &r.newconn),
         stream_mbps: (0..SIZES.len()).map(|i| median(runs.iter().map(|r| r.stream_mbps[i]).collect())).collect(),
     }
 }
@@ -288,9 +293,9 @@ fn iptables_flush(lab: &MeshLab, pod: usize) -> Result<()> {
     iptables(lab, pod, &["-X"])
 }
 
-fn wrk(lab: &MeshLab, url: &str, opts: &Options, new_conn: bool) -> Result<WrkResult> {
+fn wrk(lab: &MeshLab, url: &str, opts: &Options, connections: u32, new_conn: bool) -> Result<WrkResult> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", "-c", &opts.connections.to_string(), "-d", &format!("{}s", opts.duration.as_secs())]).args([
+    cmd.args(["-t1", "-c", &connections.to_string(), "-d", &format!("{}s", opts.duration.as_secs())]).args([
         "--latency",
         "--timeout",
         "5s",
@@ -346,41 +351,52 @@ pub fn report(report: &Report, command: &str, opts: &Options) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "Command: `{command}` (median of {} interleaved rounds; wrk -t1 -c{} for {:?} per run; streams {:?} per size \
+        "Command: `{command}` (median of {} interleaved rounds; wrk -t1 for {:?} per run; streams {:?} per size \
          after a {:?} warm-up stream; {}; {} CPUs).\n",
         report.rounds,
-        opts.connections,
         opts.duration,
         opts.stream_duration,
         STREAM_WARMUP,
         axon_lab_kernel(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    let base = results.iter().find(|r| r.scenario == Scenario::Iptables).map(|r| r.keepalive.clone());
+    let _ = writeln!(s, "HTTP keep-alive through both sidecars (Envoy L4), by wrk connections:\n");
+    let _ = writeln!(s, "| path | connections | req/s | p50 | p99 | vs (a) req/s | vs (a) p50 | wrk errors |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let base = results.iter().find(|r| r.scenario == Scenario::Iptables);
+    for (i, connections) in opts.connections.iter().enumerate() {
+        for r in results {
+            let k = &r.keepalive[i];
+            let (x_rps, x_p50) = match base.map(|b| &b.keepalive[i]) {
+                Some(b) if b.rps > 0.0 && b.p50_us > 0.0 => {
+                    (format!("×{:.2}", k.rps / b.rps), format!("×{:.2}", k.p50_us / b.p50_us))
+                }
+                _ => ("-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {connections} | {:.0} | {:.0} µs | {:.0} µs | {x_rps} | {x_p50} | {} |",
+                r.scenario.label(),
+                k.rps,
+                k.p50_us,
+                k.p99_us,
+                k.errors
+            );
+        }
+    }
     let _ = writeln!(
         s,
-        "| path | keep-alive req/s | p50 | p99 | vs (a) req/s | vs (a) p50 | new conn req/s | new conn p50 | wrk errors (keep-alive / new conn) |"
+        "\nOne connection per request (`Connection: close`), {} connections (wrk counts every close as a read error):\n",
+        opts.connections.first().copied().unwrap_or(0)
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "| path | req/s | p50 | vs (a) req/s |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
     for r in results {
-        let (x_rps, x_p50) = match &base {
-            Some(b) if b.rps > 0.0 && b.p50_us > 0.0 => {
-                (format!("×{:.2}", r.keepalive.rps / b.rps), format!("×{:.2}", r.keepalive.p50_us / b.p50_us))
-            }
-            _ => ("-".into(), "-".into()),
+        let x = match base {
+            Some(b) if b.newconn.rps > 0.0 => format!("×{:.2}", r.newconn.rps / b.newconn.rps),
+            _ => "-".into(),
         };
-        let _ = writeln!(
-            s,
-            "| {} | {:.0} | {:.0} µs | {:.0} µs | {x_rps} | {x_p50} | {:.0} | {:.0} µs | {} / {} |",
-            r.scenario.label(),
-            r.keepalive.rps,
-            r.keepalive.p50_us,
-            r.keepalive.p99_us,
-            r.newconn.rps,
-            r.newconn.p50_us,
-            r.keepalive.errors,
-            r.newconn.errors
-        );
+        let _ = writeln!(s, "| {} | {:.0} | {:.0} µs | {x} |", r.scenario.label(), r.newconn.rps, r.newconn.p50_us);
     }
     let _ = writeln!(s, "\nStreaming one way into a sink through both sidecars, MB/s by write size:\n");
     let header: Vec<String> = SIZES.iter().map(|b| human_size(*b)).collect();
