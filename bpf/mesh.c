@@ -214,6 +214,13 @@ static __always_inline enum capture decide(void *ctx, const __u8 *addr, __be16 p
 	return CAPTURE_INBOUND;
 }
 
+/* The IPv6 address a connect() or bind() asks for. */
+static __always_inline void user_addr6(struct bpf_sock_addr *ctx, __u8 *addr)
+{
+	__u32 ip6[4] = {CTX32(ctx->user_ip6[0]), CTX32(ctx->user_ip6[1]), CTX32(ctx->user_ip6[2]), CTX32(ctx->user_ip6[3])};
+	set_v6(addr, ip6);
+}
+
 SEC("cgroup/connect4")
 int mesh4_connect(struct bpf_sock_addr *ctx)
 {
@@ -239,8 +246,7 @@ int mesh6_connect(struct bpf_sock_addr *ctx)
 	__u8 addr[16];
 	struct mesh_orig orig;
 	__u16 new_port = 0;
-	__u32 ip6[4] = {CTX32(ctx->user_ip6[0]), CTX32(ctx->user_ip6[1]), CTX32(ctx->user_ip6[2]), CTX32(ctx->user_ip6[3])};
-	set_v6(addr, ip6);
+	user_addr6(ctx, addr);
 	enum capture c = decide(ctx, addr, (__be16)ctx->user_port, 6, &orig, &new_port);
 	if (c == CAPTURE_OUTBOUND) {
 		/* A v4-mapped destination stays IPv4: ::ffff:127.0.0.1. */
@@ -307,8 +313,7 @@ int mesh6_bind(struct bpf_sock_addr *ctx)
 	if (ctx->protocol != IPPROTO_TCP)
 		return 1;
 	__u8 addr[16];
-	__u32 ip6[4] = {CTX32(ctx->user_ip6[0]), CTX32(ctx->user_ip6[1]), CTX32(ctx->user_ip6[2]), CTX32(ctx->user_ip6[3])};
-	set_v6(addr, ip6);
+	user_addr6(ctx, addr);
 	note_listener(addr, (__be16)ctx->user_port);
 	return 1;
 }

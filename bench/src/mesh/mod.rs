@@ -94,31 +94,21 @@ pub struct Options {
     pub only: Vec<Scenario>,
 }
 
-/// Runs every scenario `opts.rounds` times, interleaved, and returns the
-/// median of each cell in [`Scenario::ALL`] order, plus the first stream to
-/// a destination the datapath has not seen yet (see [`Report::first_stream`]).
+/// Runs every scenario `opts.rounds` times, interleaved, each run in a lab
+/// of its own (fresh namespaces, Envoys and agent: no run inherits another's
+/// sockets, conntrack entries or learnt state), and returns the median of
+/// each cell in [`Scenario::ALL`] order, plus the first stream to a
+/// destination the datapath has not seen yet (see [`Report::first_stream`]).
 pub fn run(opts: &Options) -> Result<Report> {
-    let mut lab = MeshLab::new("bench-mesh", MeshFlavor::Istio, &[]).context("mesh lab")?;
-    lab.start_pods(true).context("apps and Envoys")?;
-    for pod in 0..2 {
-        bound_time_wait(&lab, pod)?;
-    }
-    let _sinks = [SINK_PORT, FRESH_SINK_PORT]
-        .into_iter()
-        .map(|port| {
-            let sink = lab.spawn_app(1, &["sink", &port.to_string()])?;
-            wait_listening(lab.netns(1), SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10))?;
-            Ok(sink)
-        })
-        .collect::<Result<Vec<_>>>()?;
     let scenarios: Vec<Scenario> =
         Scenario::ALL.into_iter().filter(|s| opts.only.is_empty() || opts.only.contains(s)).collect();
     let mut rounds: Vec<Vec<ScenarioResult>> = vec![Vec::new(); scenarios.len()];
     let mut first_stream = None;
     for round in 0..opts.rounds.max(1) {
         for (i, scenario) in scenarios.iter().enumerate() {
-            set_scenario(&lab, *scenario)?;
             eprintln!("mesh bench, round {}: {}", round + 1, scenario.label());
+            let (lab, _sinks) = fresh_lab()?;
+            set_scenario(&lab, *scenario)?;
             if *scenario == Scenario::Bypass && first_stream.is_none() {
                 let fresh = lab.pod(1).addr(false, FRESH_SINK_PORT).to_string();
                 first_stream = Some(stream_mbps(&lab, &fresh, SIZES[0], opts)?);
@@ -126,9 +116,26 @@ pub fn run(opts: &Options) -> Result<Report> {
             rounds[i].push(run_scenario(&lab, *scenario, opts)?);
         }
     }
-    set_scenario(&lab, Scenario::Direct)?;
     let results = rounds.iter().map(|runs| median_result(runs)).collect();
     Ok(Report { results, first_stream, rounds: opts.rounds.max(1) })
+}
+
+/// Two pods with their apps and Envoys, and the two sinks in pod b.
+fn fresh_lab() -> Result<(MeshLab, Vec<LabProcess>)> {
+    let mut lab = MeshLab::new("bench-mesh", MeshFlavor::Istio, &[]).context("mesh lab")?;
+    lab.start_pods(true).context("apps and Envoys")?;
+    for pod in 0..2 {
+        bound_time_wait(&lab, pod)?;
+    }
+    let sinks = [SINK_PORT, FRESH_SINK_PORT]
+        .into_iter()
+        .map(|port| {
+            let sink = lab.spawn_app(1, &["sink", &port.to_string()])?;
+            wait_listening(lab.netns(1), SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10))?;
+            Ok(sink)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((lab, sinks))
 }
 
 /// What [`run`] measured.
