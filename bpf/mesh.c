@@ -373,6 +373,7 @@ static __always_inline void shortcut_add(struct bpf_sock_ops *skops, struct mesh
 					 const struct mesh_orig *o, __u8 app)
 {
 	bpf_map_delete_elem(&axon_mesh_flows, k);
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 	if (bpf_sock_hash_update(skops, &axon_mesh_targets, k, BPF_ANY) != 0) {
 		count(AXON_MESH_M_SOCK_FAILED, 1);
 		return;
@@ -421,14 +422,26 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 		if (!sockops_key(skops, &k))
 			return 1;
 		struct mesh_orig *o = bpf_map_lookup_elem(&axon_mesh_pairs, &k);
+		if (!o)
+			return 1;
+		/* Its record goes when it closes (see BPF_SOCK_OPS_STATE_CB). */
+		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 		/* The accepting side is the sidecar for a captured connection
 		 * (its listener), the app for the sidecar's local one. */
-		if (o && (o->flags & AXON_MESH_ORIG_BYPASS)) {
+		if (o->flags & AXON_MESH_ORIG_BYPASS) {
 			struct mesh_orig copy = *o;
 			shortcut_add(skops, &k, &copy, (copy.flags & AXON_MESH_ORIG_LOCAL) ? AXON_MESH_ROLE_SERVER : 0);
 		}
 		break;
 	}
+	case BPF_SOCK_OPS_STATE_CB:
+		/* A socket of the mesh closed: its records go with it instead of
+		 * waiting for LRU eviction (which could evict live ones first). */
+		if (skops->args[1] == BPF_TCP_CLOSE && sockops_key(skops, &k)) {
+			bpf_map_delete_elem(&axon_mesh_flows, &k);
+			bpf_map_delete_elem(&axon_mesh_pairs, &k);
+		}
+		break;
 	default:
 		break;
 	}

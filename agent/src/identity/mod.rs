@@ -157,9 +157,13 @@ impl Backend {
 
 /// Upper bound of one allocator call made on behalf of an endpoint.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a failed call, endpoints go pending at once for this long instead
-/// of each waiting for the allocator to time out again.
+/// After a call that failed slowly, endpoints go pending at once for this
+/// long instead of each waiting for the allocator to time out again.
 const BACKOFF: Duration = Duration::from_secs(2);
+/// A failure that took at least this long means the allocator is not
+/// answering (worth the back-off); a quicker one (one etcd member gone, a
+/// broken stream) is no reason to turn the next caller away.
+const SLOW_FAILURE: Duration = Duration::from_secs(1);
 /// How often pending endpoints are retried (and kvstore references checked).
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the kvstore garbage collector looks for unreferenced identities.
@@ -571,7 +575,7 @@ impl IdentityManager {
 }
 
 /// Runs one allocator call bounded by [`CALL_TIMEOUT`], failing fast while
-/// the allocator is known to be down.
+/// the allocator is known to be down (a call failed after [`SLOW_FAILURE`]).
 async fn guarded<T>(
     down_until: &mut Option<Instant>,
     f: impl std::future::Future<Output = Result<T, AllocError>>,
@@ -581,11 +585,13 @@ async fn guarded<T>(
             "the allocator did not answer recently; retrying in the background".into(),
         ));
     }
+    let started = Instant::now();
     let result = match tokio::time::timeout(CALL_TIMEOUT, f).await {
         Ok(r) => r,
         Err(_) => Err(AllocError::Unavailable(format!("no answer within {CALL_TIMEOUT:?}"))),
     };
-    *down_until = matches!(result, Err(AllocError::Unavailable(_))).then(|| Instant::now() + BACKOFF);
+    let slow_failure = matches!(result, Err(AllocError::Unavailable(_))) && started.elapsed() >= SLOW_FAILURE;
+    *down_until = slow_failure.then(|| Instant::now() + BACKOFF);
     result
 }
 
