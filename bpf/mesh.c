@@ -352,29 +352,51 @@ static __always_inline int sockops_key(struct bpf_sock_ops *skops, struct mesh_s
 	return 1;
 }
 
-/* Whether an app socket talking to `dst` should send through the shortcut:
- * not if sockets talking to it recently wrote streams of small writes. */
+static __always_inline int fresh(__u64 seen_ns, __u64 now)
+{
+	return seen_ns && now - seen_ns <= AXON_MESH_PROFILE_TTL_NS;
+}
+
+/* Whether an app socket talking to `dst` sends through the shortcut: only
+ * if the destination is known for request/response, and not since for a
+ * small-write stream (see axon_mesh_dst_profiles). */
 static __always_inline int app_may_send(const struct mesh_dst *dst)
 {
-	__u64 *seen = bpf_map_lookup_elem(&axon_mesh_stream_dsts, dst);
-	if (!seen)
-		return 1;
-	if (bpf_ktime_get_ns() - *seen > AXON_MESH_STREAM_DST_TTL_NS)
-		return 1;
-	count(AXON_MESH_M_APP_PLAIN, 1);
-	return 0;
+	struct mesh_dst_profile *p = bpf_map_lookup_elem(&axon_mesh_dst_profiles, dst);
+	__u64 now = bpf_ktime_get_ns();
+	int send = p && fresh(p->rpc_ns, now) && !(fresh(p->stream_ns, now) && p->stream_ns >= p->rpc_ns);
+	count(send ? AXON_MESH_M_APP_SENDING : AXON_MESH_M_APP_PLAIN, 1);
+	return send;
+}
+
+static __always_inline void profile_mark(const struct mesh_dst *dst, int rpc)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct mesh_dst_profile *p = bpf_map_lookup_elem(&axon_mesh_dst_profiles, dst);
+	if (p) {
+		if (rpc)
+			p->rpc_ns = now;
+		else
+			p->stream_ns = now;
+		return;
+	}
+	struct mesh_dst_profile init = {.rpc_ns = rpc ? now : 0, .stream_ns = rpc ? 0 : now};
+	bpf_map_update_elem(&axon_mesh_dst_profiles, dst, &init, BPF_ANY);
 }
 
 /* Puts an established socket in the shortcut: always as a target, as a
  * sender if it is the sidecar's (app == 0) or an app socket allowed to. A
  * new connection starts with a fresh flow record (the tuple may be an
- * earlier connection's); an app socket's names its destination. */
+ * earlier connection's); an app socket's names its destination, and a
+ * target-only app socket reports its RTT samples, from which sockops learns
+ * the destination's profile. Every socket reports its close, which drops
+ * its records. */
 static __always_inline void shortcut_add(struct bpf_sock_ops *skops, struct mesh_sock_key *k,
 					 const struct mesh_orig *o, __u8 app)
 {
 	bpf_map_delete_elem(&axon_mesh_flows, k);
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 	if (bpf_sock_hash_update(skops, &axon_mesh_targets, k, BPF_ANY) != 0) {
+		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 		count(AXON_MESH_M_SOCK_FAILED, 1);
 		return;
 	}
@@ -384,14 +406,42 @@ static __always_inline void shortcut_add(struct bpf_sock_ops *skops, struct mesh
 		__builtin_memcpy(flow.app.addr, o->addr, 16);
 		flow.app.port = o->port;
 		flow.app.role = app;
-		if (!app_may_send(&flow.app))
-			return;
 		bpf_map_update_elem(&axon_mesh_flows, k, &flow, BPF_ANY);
+		if (!app_may_send(&flow.app)) {
+			bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
+			return;
+		}
 	}
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 	if (bpf_sock_hash_update(skops, &axon_mesh_sockhash, k, BPF_ANY) == 0)
 		count(AXON_MESH_M_SENDERS, 1);
 	else
 		count(AXON_MESH_M_SOCK_FAILED, 1);
+}
+
+/* An RTT sample of a target-only app socket: once it has sent enough
+ * segments, judge its destination by the answers the sidecar redirected to
+ * it (one per segment or so: request/response; none: a stream), then stop
+ * asking. Later connections to that destination start from the verdict. */
+static __always_inline void learn_profile(struct bpf_sock_ops *skops, struct mesh_sock_key *k)
+{
+	__u32 segs = skops->data_segs_out;
+	if (segs < AXON_MESH_PROFILE_MIN_SEGS)
+		return;
+	struct mesh_flow *own = bpf_map_lookup_elem(&axon_mesh_flows, k);
+	if (!own || !own->app.role)
+		return;
+	struct mesh_sock_key peer = {};
+	swap_key(k, &peer);
+	struct mesh_flow *pf = bpf_map_lookup_elem(&axon_mesh_flows, &peer);
+	__u32 answers = pf ? pf->redirected : 0;
+	if (answers * 2 >= segs)
+		profile_mark(&own->app, 1);
+	else if (answers == 0 && segs >= AXON_MESH_PROFILE_STREAM_SEGS)
+		profile_mark(&own->app, 0);
+	else
+		return;
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 SEC("sockops")
@@ -434,6 +484,10 @@ int mesh_sockops(struct bpf_sock_ops *skops)
 		}
 		break;
 	}
+	case BPF_SOCK_OPS_RTT_CB:
+		if (sockops_key(skops, &k))
+			learn_profile(skops, &k);
+		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		/* A socket of the mesh closed: its records go with it instead of
 		 * waiting for LRU eviction (which could evict live ones first). */
@@ -466,31 +520,29 @@ static __always_inline int keep_shortcut(const struct mesh_sock_key *own, const 
 	struct mesh_flow *pf = bpf_map_lookup_elem(&axon_mesh_flows, peer);
 	if (pf && pf->streak)
 		pf->streak = 0;
-	if (size >= MESH_SMALL_MSG) {
-		if (f && f->streak)
-			f->streak = 0;
-		return 1;
-	}
 	__u64 now = bpf_ktime_get_ns();
 	if (!f) {
-		struct mesh_flow init = {.streak = 1, .last_send_ns = now};
+		struct mesh_flow init = {.streak = size < MESH_SMALL_MSG, .last_send_ns = now, .redirected = 1};
 		bpf_map_update_elem(&axon_mesh_flows, own, &init, BPF_ANY);
+		return 1;
+	}
+	if (size >= MESH_SMALL_MSG) {
+		f->streak = 0;
+		f->redirected++;
 		return 1;
 	}
 	__u64 gap = now - f->last_send_ns;
 	f->last_send_ns = now;
-	if (gap > MESH_BACK_TO_BACK_NS) {
-		f->streak = 1;
+	if (gap > MESH_BACK_TO_BACK_NS)
+		f->streak = 0;
+	if (++f->streak < MESH_STREAM_STREAK) {
+		f->redirected++;
 		return 1;
 	}
-	if (++f->streak < MESH_STREAM_STREAK)
-		return 1;
 	f->pass = 1;
 	count(AXON_MESH_M_STREAM_PASS, 1);
-	if (f->app.role) {
-		__u64 now_ns = now;
-		bpf_map_update_elem(&axon_mesh_stream_dsts, &f->app, &now_ns, BPF_ANY);
-	}
+	if (f->app.role)
+		profile_mark(&f->app, 0);
 	return 0;
 }
 

@@ -91,10 +91,13 @@ pub struct MeshCounters {
     /// app's socket sends through the stack and only receives redirects.
     #[serde(default)]
     pub sockets_sending: u64,
-    /// App sockets left on plain TCP writes because their destination is
-    /// known for streams of small writes.
+    /// App sockets on plain TCP writes (only receiving through the shortcut):
+    /// their destination is not known for request/response.
     #[serde(default)]
     pub app_sockets_plain: u64,
+    /// App sockets sending through the shortcut: a request/response destination.
+    #[serde(default)]
+    pub app_sockets_sending: u64,
     /// Connects left uncaptured because the sidecar has no listener of
     /// their address family (e.g. IPv6 with an IPv4-only outbound listener).
     #[serde(default)]

@@ -104,7 +104,7 @@ struct mesh_sock_key {
 
 /* Where an app's socket in the shortcut talks to, seen from the app: the
  * destination it connected to (CLIENT) or the address it accepted on
- * (SERVER). Key of axon_mesh_stream_dsts. */
+ * (SERVER). Key of axon_mesh_dst_profiles. */
 #define AXON_MESH_ROLE_CLIENT 1
 #define AXON_MESH_ROLE_SERVER 2
 
@@ -127,19 +127,33 @@ struct mesh_dst {
  * request/response exchange shows as small messages with gaps between them,
  * a stream as small messages back to back. */
 struct mesh_flow {
-	__u32 streak;       /* small messages sent back to back, unanswered */
-	__u32 pass;         /* 1: through the stack from now on */
-	__u64 last_send_ns; /* when the last small message was sent */
-	struct mesh_dst app; /* an app's socket: where it talks to (see axon_mesh_stream_dsts) */
+	__u32 streak;        /* small messages sent back to back, unanswered */
+	__u32 pass;          /* 1: through the stack from now on */
+	__u64 last_send_ns;  /* when the last small message was sent */
+	struct mesh_dst app; /* an app's socket: where it talks to (see axon_mesh_dst_profiles) */
+	__u32 redirected;    /* messages this socket sent through the shortcut */
 };
 
-/* axon_mesh_stream_dsts (LRU): an app destination -> when an app socket
- * talking to it last turned out to write a small-write stream (ns, boot
- * clock). Leaving the shortcut mid-connection still leaves the socket with
- * the sk_msg program (see the sockhashes below), so the next connections of
- * that kind start as targets only and write through plain TCP. Entries older
- * than AXON_MESH_STREAM_DST_TTL_NS are tried on the shortcut again. */
-#define AXON_MESH_STREAM_DST_TTL_NS (600ULL * 1000000000ULL)
+/* axon_mesh_dst_profiles (LRU): an app destination -> what app sockets
+ * talking to it were last seen doing (ns, boot clock). An app's socket only
+ * sends through the shortcut (see the sockhashes below) when its destination
+ * is known for request/response and not since for a small-write stream: a
+ * socket cannot leave the shortcut's sender side mid-connection, and a
+ * sender writing a small-write stream is slower than plain TCP. So the first
+ * connections to a destination are targets only (plain TCP writes, as
+ * without the shortcut) and teach the profile: sockops on their RTT samples
+ * compares the segments they sent with the answers the sidecar redirected
+ * back. Entries older than AXON_MESH_PROFILE_TTL_NS no longer count. */
+#define AXON_MESH_PROFILE_TTL_NS (600ULL * 1000000000ULL)
+/* Segments an app socket must have sent before its profile is judged. */
+#define AXON_MESH_PROFILE_MIN_SEGS 8
+/* Unanswered segments that make a small-write stream. */
+#define AXON_MESH_PROFILE_STREAM_SEGS 64
+
+struct mesh_dst_profile {
+	__u64 rpc_ns;    /* last seen answering one request per segment or so */
+	__u64 stream_ns; /* last seen writing unanswered (a stream) */
+};
 
 /* axon_mesh_metrics (per-CPU array) indices. */
 #define AXON_MESH_M_OUTBOUND     0 /* connects captured to the outbound port */
@@ -153,8 +167,9 @@ struct mesh_flow {
 #define AXON_MESH_M_BYTES_REDIR  8 /* bytes redirected */
 #define AXON_MESH_M_STREAM_PASS  9 /* flows switched to the stack (small-write streams) */
 #define AXON_MESH_M_SENDERS     10 /* of those, sockets that send through it (axon_mesh_sockhash) */
-#define AXON_MESH_M_APP_PLAIN   11 /* app sockets kept on plain TCP writes: a known small-write destination */
+#define AXON_MESH_M_APP_PLAIN   11 /* app sockets on plain TCP writes (destination not known for request/response) */
 #define AXON_MESH_M_NO_LISTENER 12 /* connects left alone: the sidecar has no listener of that family */
+#define AXON_MESH_M_APP_SENDING 13 /* app sockets sending through the shortcut: a request/response destination */
 #define AXON_MESH_M_MAX          16
 
 struct {
@@ -214,8 +229,8 @@ struct {
  * socket until it leaves every sockhash — which would drop data still queued
  * for it. So a socket only gets the program when its writes are worth
  * redirecting: always the sidecar's sockets (it forwards what it read, in
- * chunks), and an app's socket unless its destination is known for streams
- * of small writes (axon_mesh_stream_dsts). Otherwise it is only a target: it
+ * chunks), and an app's socket once its destination is known for
+ * request/response (axon_mesh_dst_profiles). Otherwise it is only a target: it
  * sends through the stack like without Axon and receives the sidecar's
  * redirected messages.
  *
@@ -249,10 +264,10 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct mesh_dst);
-	__type(value, __u64);
+	__type(value, struct mesh_dst_profile);
 	__uint(max_entries, 16384);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} axon_mesh_stream_dsts SEC(".maps");
+} axon_mesh_dst_profiles SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -475,7 +475,8 @@ fn mesh_maps_match_their_rust_mirrors() {
     check_struct!(btf, "mesh_cidr_key", MeshCidrKey, [prefixlen, pad, cgroup_id, addr]);
     check_struct!(btf, "mesh_orig", MeshOrig, [addr, port, family, flags, pad]);
     check_struct!(btf, "mesh_sock_key", MeshSockKey, [local, remote, local_port, remote_port, netns]);
-    check_struct!(btf, "mesh_flow", MeshFlow, [streak, pass, last_send_ns, app]);
+    check_struct!(btf, "mesh_flow", MeshFlow, [streak, pass, last_send_ns, app, redirected]);
+    check_struct!(btf, "mesh_dst_profile", MeshDstProfile, [rpc_ns, stream_ns]);
     check_struct!(btf, "mesh_dst", MeshDst, [addr, port, role, pad]);
     check_struct!(btf, "mesh_listeners", MeshListeners, [flags]);
     let maps = btf.maps();
@@ -490,7 +491,7 @@ fn mesh_maps_match_their_rust_mirrors() {
         (mesh::names::TARGETS, size_of::<MeshSockKey>(), size_of::<u32>()),
         (mesh::names::METRICS, size_of::<u32>(), size_of::<u64>()),
         (mesh::names::FLOWS, size_of::<MeshSockKey>(), size_of::<MeshFlow>()),
-        (mesh::names::STREAM_DSTS, size_of::<MeshDst>(), size_of::<u64>()),
+        (mesh::names::DST_PROFILES, size_of::<MeshDst>(), size_of::<MeshDstProfile>()),
         (mesh::names::LISTENERS, size_of::<u64>(), size_of::<MeshListeners>()),
     ]
     .into_iter()

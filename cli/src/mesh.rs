@@ -115,7 +115,7 @@ fn render(st: &MeshStatus) -> String {
     let c = &st.counters;
     text.push_str(&format!(
         "\nCounters: captured outbound {}, inbound {}, excluded {}, no sidecar listener {}, SO_ORIGINAL_DST answered {}\n\
-         \x20         sockets bypassed {} (sending {}, apps on plain writes {}, insert failures {}), messages redirected {} ({} bytes), passed {}, streams sent through the stack {}\n",
+         \x20         sockets bypassed {} (sending {}, apps sending {}, apps on plain writes {}, insert failures {}), messages redirected {} ({} bytes), passed {}, streams sent through the stack {}\n",
         c.captured_outbound,
         c.captured_inbound,
         c.excluded,
@@ -123,6 +123,7 @@ fn render(st: &MeshStatus) -> String {
         c.original_dst_answered,
         c.sockets_bypassed,
         c.sockets_sending,
+        c.app_sockets_sending,
         c.app_sockets_plain,
         c.sockhash_insert_failures,
         c.messages_redirected,

@@ -202,7 +202,12 @@ pub struct IdentityManager {
     ipcache: IpcacheReconciler,
     /// The sources have reported everything: stale ipcache entries may go.
     synced: bool,
+    /// Allocations for endpoints fail fast until then (see [`guarded`]).
     down_until: Option<Instant>,
+    /// The same for background upkeep (remote lookups, lease references,
+    /// garbage collection): kept apart so that an upkeep call that met an
+    /// etcd leader election does not turn the next endpoint away.
+    upkeep_down_until: Option<Instant>,
     kv_epoch: u64,
     /// kvstore garbage collection: ids seen unreferenced, since when; the last pass.
     gc_unreferenced: BTreeMap<u32, Instant>,
@@ -230,6 +235,7 @@ impl IdentityManager {
             ipcache,
             synced: false,
             down_until: None,
+            upkeep_down_until: None,
             kv_epoch: 0,
             gc_unreferenced: BTreeMap::new(),
             last_gc: None,
@@ -436,11 +442,11 @@ impl IdentityManager {
         let unresolved: Vec<Key> =
             self.remote.iter().filter(|(_, r)| r.identity.is_none()).map(|(k, _)| k.clone()).collect();
         for key in unresolved {
-            if self.down_until.is_some_and(|t| Instant::now() < t) {
+            if self.upkeep_down_until.is_some_and(|t| Instant::now() < t) {
                 break;
             }
             let Some(set) = self.remote.get(&key).map(|r| r.set.clone()) else { continue };
-            let found = guarded(&mut self.down_until, self.backend.lookup(&set)).await;
+            let found = guarded(&mut self.upkeep_down_until, self.backend.lookup(&set)).await;
             if let (Ok(Some(id)), Some(r)) = (found, self.remote.get_mut(&key)) {
                 r.identity = Some(id);
                 changed = true;
@@ -457,11 +463,12 @@ impl IdentityManager {
     /// this node's references are put again.
     async fn refresh_references(&mut self) {
         let Backend::Kvstore(kv) = &self.backend else { return };
-        if self.held.is_empty() || self.down_until.is_some_and(|t| Instant::now() < t) {
+        if self.held.is_empty() || self.upkeep_down_until.is_some_and(|t| Instant::now() < t) {
             return;
         }
         let store = kv.kv().clone();
-        if let Err(e) = guarded(&mut self.down_until, async { store.lease_id().await.map_err(AllocError::from) }).await
+        if let Err(e) =
+            guarded(&mut self.upkeep_down_until, async { store.lease_id().await.map_err(AllocError::from) }).await
         {
             warn!(error = %e, "kvstore lease unavailable");
             return;
@@ -472,7 +479,7 @@ impl IdentityManager {
         }
         let held: Vec<(u32, LabelSet)> = self.held.iter().map(|(id, (set, _))| (*id, set.clone())).collect();
         let result = match &self.backend {
-            Backend::Kvstore(kv) => guarded(&mut self.down_until, kv.refresh(&held)).await,
+            Backend::Kvstore(kv) => guarded(&mut self.upkeep_down_until, kv.refresh(&held)).await,
             _ => Ok(Vec::new()),
         };
         match result {
@@ -499,12 +506,12 @@ impl IdentityManager {
     async fn collect_kvstore_garbage(&mut self) {
         let Backend::Kvstore(kv) = &self.backend else { return };
         if self.last_gc.is_some_and(|t| t.elapsed() < GC_INTERVAL)
-            || self.down_until.is_some_and(|t| Instant::now() < t)
+            || self.upkeep_down_until.is_some_and(|t| Instant::now() < t)
         {
             return;
         }
         self.last_gc = Some(Instant::now());
-        match guarded(&mut self.down_until, kv.collect(&mut self.gc_unreferenced)).await {
+        match guarded(&mut self.upkeep_down_until, kv.collect(&mut self.gc_unreferenced)).await {
             Ok(freed) if !freed.is_empty() => info!(?freed, "unused identities collected"),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "identity garbage collection failed"),

@@ -450,6 +450,7 @@ impl MeshManager {
             sockets_bypassed: read(metric::SOCK_ADDED),
             sockets_sending: read(metric::SENDERS),
             app_sockets_plain: read(metric::APP_PLAIN),
+            app_sockets_sending: read(metric::APP_SENDING),
             no_listener: read(metric::NO_LISTENER),
             sockhash_insert_failures: read(metric::SOCK_FAILED),
             messages_redirected: read(metric::REDIRECTED),

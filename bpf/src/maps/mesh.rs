@@ -17,12 +17,12 @@ pub mod names {
     pub const TARGETS: &str = "axon_mesh_targets";
     pub const METRICS: &str = "axon_mesh_metrics";
     pub const FLOWS: &str = "axon_mesh_flows";
-    pub const STREAM_DSTS: &str = "axon_mesh_stream_dsts";
+    pub const DST_PROFILES: &str = "axon_mesh_dst_profiles";
     pub const LISTENERS: &str = "axon_mesh_listeners";
 
     /// Every map the mesh object defines.
     pub const ALL: &[&str] =
-        &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, TARGETS, METRICS, FLOWS, STREAM_DSTS, LISTENERS];
+        &[PODS, POD_IPS, EXCL_CIDRS, ORIG, PAIRS, SOCKHASH, TARGETS, METRICS, FLOWS, DST_PROFILES, LISTENERS];
 }
 
 /// `AXON_MESH_MODE_*`.
@@ -61,6 +61,7 @@ pub mod metric {
     pub const SENDERS: u32 = 10;
     pub const APP_PLAIN: u32 = 11;
     pub const NO_LISTENER: u32 = 12;
+    pub const APP_SENDING: u32 = 13;
     /// Entries of the array.
     pub const MAX: u32 = 16;
 }
@@ -166,9 +167,18 @@ pub struct MeshFlow {
     pub pass: u32,
     pub last_send_ns: u64,
     pub app: MeshDst,
+    pub redirected: u32,
 }
 
-/// `struct mesh_dst`: key of `axon_mesh_stream_dsts` (value: `u64` ns).
+/// `struct mesh_dst_profile`: value of `axon_mesh_dst_profiles` (key: [`MeshDst`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MeshDstProfile {
+    pub rpc_ns: u64,
+    pub stream_ns: u64,
+}
+
+/// `struct mesh_dst`: key of `axon_mesh_dst_profiles`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MeshDst {
@@ -229,6 +239,7 @@ unsafe impl aya::Pod for MeshSockKey {}
 unsafe impl aya::Pod for MeshFlow {}
 unsafe impl aya::Pod for MeshDst {}
 unsafe impl aya::Pod for MeshListeners {}
+unsafe impl aya::Pod for MeshDstProfile {}
 
 #[cfg(test)]
 mod tests {
