@@ -142,9 +142,7 @@ fn fresh_lab() -> Result<(MeshLab, Vec<LabProcess>)> {
 pub struct Report {
     pub results: Vec<ScenarioResult>,
     /// (c) only: MB/s of the smallest write size on the first connection to
-    /// a destination, before the datapath knows it for small-write streams
-    /// (that connection's app socket starts on the shortcut and leaves it
-    /// mid-stream; later connections write through plain TCP).
+    /// a destination the datapath knows nothing about.
     pub first_stream: Option<f64>,
     pub rounds: u32,
 }
@@ -160,6 +158,10 @@ fn run_scenario(lab: &MeshLab, scenario: Scenario, opts: &Options) -> Result<Sce
         let first = opts.connections.first().copied().unwrap_or(8);
         wrk(lab, &url, &Options { duration: Duration::from_secs(1), ..opts.clone() }, first, false)?;
         let keepalive = opts.connections.iter().map(|c| wrk(lab, &url, opts, *c, false)).collect::<Result<Vec<_>>>()?;
+        if opts.verbose {
+            let c = lab.status().map_err(anyhow::Error::msg)?.counters;
+            eprintln!("  after keep-alive: counters {}", serde_json::to_string(&c)?);
+        }
         (keepalive, wrk(lab, &url, opts, opts.connections.first().copied().unwrap_or(8), true)?)
     };
     let sink = lab.pod(1).addr(false, SINK_PORT).to_string();
@@ -429,9 +431,8 @@ pub fn report(report: &Report, command: &str, opts: &Options) -> String {
     if let Some(first) = report.first_stream {
         let _ = writeln!(
             s,
-            "\nFirst stream to a destination the datapath has not seen, {}: {first:.0} MB/s in (c) (the app's socket \
-             starts on the shortcut and leaves it mid-stream; later connections to that destination write through \
-             plain TCP, the rows above).",
+            "\nFirst stream to a destination the datapath has not seen, {}: {first:.0} MB/s in (c) (an unknown \
+             destination: the app's socket writes through plain TCP from the first byte, as in the rows above).",
             human_size(SIZES[0])
         );
     }
