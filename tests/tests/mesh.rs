@@ -100,6 +100,33 @@ fn envoy_to_envoy_with_capture_and_bypass() {
         "the sidecars forwarded through the shortcut: {after:?}"
     );
 
+    // A destination that answered request by request, whose app then streams
+    // small writes: its next connection's app socket sends through the
+    // shortcut from the first byte and leaves the redirect mid-connection once
+    // the writes come back to back. Every byte still arrives, in order.
+    let report2 = std::env::temp_dir().join(format!("{}-sink2-report", lab.lab().id()));
+    let report2_s = report2.display().to_string();
+    let _sink2 = lab.spawn_app(1, &["sink", "9002", "--report", &report2_s, "--answer-first", "40"]).expect("sink 2");
+    axon_lab::mesh::wait_listening(lab.netns(1), "127.0.0.1:9002".parse().unwrap(), Duration::from_secs(10))
+        .expect("sink 2 listening");
+    let sink2_addr = lab.pod(1).addr(false, 9002).to_string();
+    let before = lab.status().expect("status").counters;
+    for n in 1..=2 {
+        lab.spawn_app(0, &["stream", &sink2_addr, "64", "300", "--rpc", "40"])
+            .expect("stream")
+            .wait_output(Duration::from_secs(30))
+            .expect("request/response then stream ran");
+        let verdicts = wait_report_lines(&report2, n);
+        assert!(
+            verdicts.len() == n && verdicts.iter().all(|v| v.starts_with("ok ")),
+            "connection {n} arrived whole and in order: {verdicts:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&report2);
+    let after = lab.status().expect("status").counters;
+    assert!(after.app_sockets_sending > before.app_sockets_sending, "the second one sent through it: {after:?}");
+    assert!(after.streams_to_stack > before.streams_to_stack, "and left the redirect mid-stream: {after:?}");
+
     let status = lab.status().expect("status");
     assert!(status.pods.iter().all(|p| p.accelerated && p.bypass), "{status:?}");
     let c = &status.counters;

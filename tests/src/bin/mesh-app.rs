@@ -47,12 +47,16 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("serve") if args.len() >= 4 => serve(&args[2], &args[3], args.iter().any(|a| a == "--http")),
-        Some("sink") if args.len() >= 3 => sink(&args[2], args.get(4).filter(|_| args[3] == "--report").cloned()),
+        Some("sink") if args.len() >= 3 => {
+            sink(&args[2], flag_value(&args, "--report"), flag_value(&args, "--answer-first").unwrap_or_default())
+        }
         Some("probe") if args.len() >= 5 => probe(&args[2], &args[3], &args[4]),
         Some("chat") if args.len() >= 4 => chat(&args[2], &args[3]),
-        Some("stream") if args.len() >= 5 => stream(&args[2], &args[3], &args[4]),
+        Some("stream") if args.len() >= 5 => stream(&args[2], &args[3], &args[4], flag_value(&args, "--rpc")),
         Some("pattern") if args.len() >= 5 => pattern(&args[2], &args[3], &args[4]),
-        _ => Err("usage: mesh-app serve NAME PORT [--http] | mesh-app sink PORT".to_string()),
+        _ => Err("usage: mesh-app serve NAME PORT [--http] | mesh-app sink PORT [--report FILE] [--answer-first N] | \
+                  mesh-app stream ADDR SIZE MILLIS [--rpc ROUNDS] | ..."
+            .to_string()),
     };
     if let Err(e) = result {
         eprintln!("mesh-app: {e}");
@@ -125,7 +129,20 @@ fn http_conn(mut stream: TcpStream, body: &str) {
     }
 }
 
-fn sink(port: &str, report: Option<String>) -> Result<(), String> {
+/// The value after `flag` in the arguments, if any.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// Reads every connection to the end. With `--answer-first N`, the first N
+/// reads of a connection are each answered with one byte (request/response),
+/// the rest only read.
+fn sink(port: &str, report: Option<String>, answer_first: String) -> Result<(), String> {
+    let answer_first: usize = if answer_first.is_empty() {
+        0
+    } else {
+        answer_first.parse().map_err(|_| format!("bad count {answer_first:?}"))?
+    };
     let listener = listen(port)?;
     println!("ready");
     for mut stream in listener.incoming().flatten() {
@@ -133,9 +150,16 @@ fn sink(port: &str, report: Option<String>) -> Result<(), String> {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 20];
             let (mut got, mut first_bad) = (0usize, None::<usize>);
+            let mut answers_left = answer_first;
             while let Ok(n) = read_retry(&mut stream, &mut buf) {
                 if n == 0 {
                     break;
+                }
+                if answers_left > 0 {
+                    answers_left -= 1;
+                    if stream.write_all(b".").is_err() {
+                        break;
+                    }
                 }
                 if report.is_some() && first_bad.is_none() {
                     first_bad =
@@ -285,7 +309,13 @@ fn chat(addr: &str, millis: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn stream(addr: &str, size: &str, millis: &str) -> Result<(), String> {
+/// Writes `size`-byte messages for `millis`; with `--rpc ROUNDS`, the first
+/// ROUNDS messages each wait for a one-byte answer (see `sink --answer-first`).
+fn stream(addr: &str, size: &str, millis: &str, rpc: Option<String>) -> Result<(), String> {
+    let rounds: usize = match rpc {
+        Some(r) => r.parse().map_err(|_| format!("bad rounds {r:?}"))?,
+        None => 0,
+    };
     let addr: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
     let size: usize = size.parse().map_err(|_| format!("bad size {size:?}"))?;
     let millis: u64 = millis.parse().map_err(|_| format!("bad duration {millis:?}"))?;
@@ -296,6 +326,16 @@ fn stream(addr: &str, size: &str, millis: &str) -> Result<(), String> {
     let started = Instant::now();
     let end = started + Duration::from_millis(millis);
     let mut bytes = 0u64;
+    let mut answer = [0u8; 1];
+    for _ in 0..rounds {
+        let at = (bytes % 251) as usize;
+        s.write_all(&period[at..at + size]).map_err(|e| format!("write: {e}"))?;
+        bytes += size as u64;
+        match read_retry(&mut s, &mut answer) {
+            Ok(1) => {}
+            other => return Err(format!("no answer to a request: {other:?}")),
+        }
+    }
     while Instant::now() < end {
         for _ in 0..16 {
             let at = (bytes % 251) as usize;
