@@ -61,7 +61,11 @@ fn main() -> anyhow::Result<()> {
         only: cli.only.clone(),
     };
     let results = mesh::run(&opts)?;
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    // What reproduces the run from a checkout (as `make bench` runs it), not this binary's path.
+    let command = std::iter::once("cargo run --release -p axon-bench --bin axon-bench-mesh --".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
     let section = mesh::report(&results, &command, &opts);
     println!("{section}");
     if cli.docs.as_os_str() != "-" && !cli.streams_only && cli.only.is_empty() {
