@@ -396,23 +396,22 @@ static __always_inline void shortcut_add(struct bpf_sock_ops *skops, struct mesh
 {
 	bpf_map_delete_elem(&axon_mesh_flows, k);
 	if (bpf_sock_hash_update(skops, &axon_mesh_targets, k, BPF_ANY) != 0) {
-		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 		count(AXON_MESH_M_SOCK_FAILED, 1);
 		return;
 	}
 	count(AXON_MESH_M_SOCK_ADDED, 1);
+	int sender = 1;
 	if (app) {
 		struct mesh_flow flow = {};
 		__builtin_memcpy(flow.app.addr, o->addr, 16);
 		flow.app.port = o->port;
 		flow.app.role = app;
 		bpf_map_update_elem(&axon_mesh_flows, k, &flow, BPF_ANY);
-		if (!app_may_send(&flow.app)) {
-			bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
-			return;
-		}
+		sender = app_may_send(&flow.app);
 	}
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | (sender ? 0 : BPF_SOCK_OPS_RTT_CB_FLAG));
+	if (!sender)
+		return;
 	if (bpf_sock_hash_update(skops, &axon_mesh_sockhash, k, BPF_ANY) == 0)
 		count(AXON_MESH_M_SENDERS, 1);
 	else
@@ -422,7 +421,7 @@ static __always_inline void shortcut_add(struct bpf_sock_ops *skops, struct mesh
 /* An RTT sample of a target-only app socket: once it has sent enough
  * segments, judge its destination by the answers the sidecar redirected to
  * it (one per segment or so: request/response; none: a stream), then stop
- * asking. Later connections to that destination start from the verdict. */
+ * asking (also when no verdict comes). Later connections to that destination start from the verdict. */
 static __always_inline void learn_profile(struct bpf_sock_ops *skops, struct mesh_sock_key *k)
 {
 	__u32 segs = skops->data_segs_out;
@@ -439,8 +438,10 @@ static __always_inline void learn_profile(struct bpf_sock_ops *skops, struct mes
 		profile_mark(&own->app, 1);
 	else if (answers == 0 && segs >= AXON_MESH_PROFILE_STREAM_SEGS)
 		profile_mark(&own->app, 0);
-	else
+	else if (segs < AXON_MESH_PROFILE_GIVE_UP_SEGS)
 		return;
+	/* A verdict, or none to be had (some answers, not one per segment):
+	 * this socket's ACKs no longer call in. */
 	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
@@ -520,17 +521,18 @@ static __always_inline int keep_shortcut(const struct mesh_sock_key *own, const 
 	struct mesh_flow *pf = bpf_map_lookup_elem(&axon_mesh_flows, peer);
 	if (pf && pf->streak)
 		pf->streak = 0;
-	__u64 now = bpf_ktime_get_ns();
+	int small = size < MESH_SMALL_MSG;
 	if (!f) {
-		struct mesh_flow init = {.streak = size < MESH_SMALL_MSG, .last_send_ns = now, .redirected = 1};
+		struct mesh_flow init = {.streak = small, .last_send_ns = small ? bpf_ktime_get_ns() : 0, .redirected = 1};
 		bpf_map_update_elem(&axon_mesh_flows, own, &init, BPF_ANY);
 		return 1;
 	}
-	if (size >= MESH_SMALL_MSG) {
+	if (!small) {
 		f->streak = 0;
 		f->redirected++;
 		return 1;
 	}
+	__u64 now = bpf_ktime_get_ns();
 	__u64 gap = now - f->last_send_ns;
 	f->last_send_ns = now;
 	if (gap > MESH_BACK_TO_BACK_NS)

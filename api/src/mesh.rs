@@ -87,8 +87,9 @@ pub struct MeshCounters {
     pub original_dst_answered: u64,
     /// Sockets put in the shortcut (two per bypassed connection).
     pub sockets_bypassed: u64,
-    /// Of those, the sidecar's sockets: their writes are redirected. An
-    /// app's socket sends through the stack and only receives redirects.
+    /// Of those, the ones whose writes are redirected: the sidecar's, and an
+    /// app's to a destination known for request/response. The others write
+    /// through the stack and only receive redirects.
     #[serde(default)]
     pub sockets_sending: u64,
     /// App sockets on plain TCP writes (only receiving through the shortcut):

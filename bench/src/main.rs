@@ -4,6 +4,7 @@
 //! runs it; the hidden subcommands are the helpers it starts inside the lab.
 
 mod agent;
+mod docs_section;
 mod guard;
 mod helpers;
 mod k8s;

@@ -3,6 +3,7 @@
 //! issue's targets.
 
 use crate::agent::Memory;
+use crate::docs_section::replace_section;
 use crate::runner::{human, Peer, PeerRun};
 use serde::Serialize;
 use std::fmt::Write;
@@ -472,23 +473,6 @@ pub fn markdown(res: &Results) -> String {
 /// around it), or writes a minimal page when it has none.
 pub fn write_docs(path: &Path, res: &Results) -> std::io::Result<()> {
     replace_section(path, BEGIN, END, &markdown(res), "## Service benchmark results")
-}
-
-/// Replaces the text between `begin` and `end` in `path` with `section` (which carries both markers);
-/// without the markers, appends `section` under `heading` (other benchmarks own the rest of the page).
-pub fn replace_section(path: &Path, begin: &str, end: &str, section: &str, heading: &str) -> std::io::Result<()> {
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let text = match (existing.find(begin), existing.find(end)) {
-        (Some(b), Some(e)) if e > b => {
-            format!("{}{}{}", &existing[..b], section.trim_end(), &existing[e + end.len()..])
-        }
-        _ if !existing.trim().is_empty() => format!("{}\n\n{heading}\n\n{section}", existing.trim_end()),
-        _ => format!("# Benchmarks\n\nRun with `make bench`.\n\n{heading}\n\n{section}"),
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, text)
 }
 
 #[cfg(test)]

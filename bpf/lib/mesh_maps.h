@@ -115,8 +115,9 @@ struct mesh_dst {
 	__u8 pad;
 };
 
-/* axon_mesh_flows (LRU): one sending socket (its own view) -> whether its
- * messages still take the shortcut. A run of small messages with no answer
+/* axon_mesh_flows (LRU): one socket of the shortcut (its own view) -> for a
+ * sender, whether its messages still take the shortcut; for an app socket,
+ * also where it talks to. Deleted when the socket closes. A run of small messages with no answer
  * from the peer (a stream of small writes, where the stack's batching beats
  * one redirect per write) turns the shortcut off for that direction, for
  * good: data already redirected sits in the peer's queue, which the peer
@@ -131,7 +132,7 @@ struct mesh_flow {
 	__u32 pass;          /* 1: through the stack from now on */
 	__u64 last_send_ns;  /* when the last small message was sent */
 	struct mesh_dst app; /* an app's socket: where it talks to (see axon_mesh_dst_profiles) */
-	__u32 redirected;    /* messages this socket sent through the shortcut */
+	__u32 redirected;    /* messages this socket's program sent to the shortcut */
 };
 
 /* axon_mesh_dst_profiles (LRU): an app destination -> what app sockets
@@ -149,6 +150,8 @@ struct mesh_flow {
 #define AXON_MESH_PROFILE_MIN_SEGS 8
 /* Unanswered segments that make a small-write stream. */
 #define AXON_MESH_PROFILE_STREAM_SEGS 64
+/* Segments after which a socket with no verdict stops reporting RTT samples. */
+#define AXON_MESH_PROFILE_GIVE_UP_SEGS 1024
 
 struct mesh_dst_profile {
 	__u64 rpc_ns;    /* last seen answering one request per segment or so */

@@ -5,6 +5,20 @@ use crate::probe::Attempt;
 use axon_api::{Backend, L4Addr, Protocol, ServiceSpec, ServiceType};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Polls `f` every 200 ms until it returns Some; fails the test naming
+/// `what` once `limit` has passed.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 /// A ClusterIP spec for `frontend` with `backends`.
 pub fn spec(name: &str, frontend: SocketAddr, protocol: Protocol, backends: &[SocketAddr]) -> ServiceSpec {

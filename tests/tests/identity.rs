@@ -13,7 +13,7 @@
 use axon_api::identity::{Endpoint, EndpointState, Identity};
 use axon_api::Protocol;
 use axon_bpf::maps::ipcache::{self, IpcacheView};
-use axon_lab::check::{assert_spread, spec};
+use axon_lab::check::{assert_spread, spec, wait_for};
 use axon_lab::etcd::EtcdCluster;
 use axon_lab::{Agent, AgentOptions, Cgroup, Lab};
 use serde_json::{json, Value};
@@ -203,17 +203,6 @@ fn refs_of(dump: &BTreeMap<String, String>, node: &str) -> BTreeSet<u32> {
             (n == node).then(|| id.parse().ok()).flatten()
         })
         .collect()
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn kv_agent_options(node: &str, endpoints: &[String]) -> AgentOptions {

@@ -5,6 +5,7 @@
 //!
 //! `AXON_UPDATE_GENERATED=1` rewrites the generated files instead of comparing (install/render.sh does).
 
+use axon_lab::check::wait_for;
 use axon_lab::kube::KubeCluster;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -201,17 +202,6 @@ impl Drop for Reaped {
     }
 }
 
-fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The agent, holding only the chart's RBAC (its ServiceAccount, impersonated), serves a Service created with
 /// kubectl (real TCP through socket-LB to the backend) and allocates an identity as an AxonIdentity object.
 fn check_agent_runs_with_its_rbac(kube: &KubeCluster) {
@@ -236,7 +226,7 @@ fn check_agent_runs_with_its_rbac(kube: &KubeCluster) {
     }
     .with_args(&["--identity-allocation-mode", "crd"]);
     let agent = lab.start_agent_with(opts).expect("agent");
-    poll("the agent to serve rbac/web", Duration::from_secs(30), || {
+    wait_for("the agent to serve rbac/web", Duration::from_secs(30), || {
         let list = agent.list_services().ok()?;
         list.iter().any(|s| s.name.as_deref() == Some("rbac/web:http") && !s.backends.is_empty()).then_some(())
     });
@@ -250,7 +240,7 @@ fn check_agent_runs_with_its_rbac(kube: &KubeCluster) {
          spec: {nodeName: node-1, containers: [{name: c, image: registry.invalid/none}]}\n",
     )
     .expect("pod");
-    let identity = poll("a confirmed AxonIdentity for the probe's labels", Duration::from_secs(20), || {
+    let identity = wait_for("a confirmed AxonIdentity for the probe's labels", Duration::from_secs(20), || {
         let list = get_json(kube, &["axonidentities"]);
         list["items"]
             .as_array()?
@@ -311,19 +301,19 @@ fn check_operator_runs_with_its_rbac(kube: &KubeCluster) {
          spec: {securityLabels: {\"k8s:app\": nobody, \"k8s:io.kubernetes.pod.namespace\": default}}\n",
     )
     .expect("node and identity");
-    poll("the operator's lease", Duration::from_secs(20), || {
+    wait_for("the operator's lease", Duration::from_secs(20), || {
         let out = kube
             .kubectl(&["get", "lease", "-n", "kube-system", "axon-operator", "-o", "jsonpath={.spec.holderIdentity}"])
             .ok()?;
         (out.stdout.trim() == "sa-test").then_some(())
     });
-    let cidr = poll("a pod CIDR for rbac-node", Duration::from_secs(20), || {
+    let cidr = wait_for("a pod CIDR for rbac-node", Duration::from_secs(20), || {
         let out = kube.kubectl(&["get", "axonnode", "rbac-node", "-o", "jsonpath={.spec.podCidrs[0]}"]).ok()?;
         let c = out.stdout.trim().to_string();
         (!c.is_empty()).then_some(c)
     });
     assert_eq!(cidr, "10.250.0.0/24");
-    poll("the unused identity to be collected", Duration::from_secs(20), || {
+    wait_for("the unused identity to be collected", Duration::from_secs(20), || {
         let out = kube.kubectl(&["get", "axonidentity", "7001"]).ok()?;
         (!out.success() && out.stderr.contains("NotFound")).then_some(())
     });

@@ -2,6 +2,7 @@
 //! listeners, `original_dst`) in each of two pods; the agent captures the
 //! apps' traffic without iptables and short-circuits the local socket pairs.
 
+use axon_api::mesh::MeshCounters;
 use axon_lab::mesh::{MeshFlavor, MeshLab, APP_PORT};
 use axon_lab::Attempt;
 use std::time::Duration;
@@ -71,26 +72,7 @@ fn envoy_to_envoy_with_capture_and_bypass() {
     // request/response: the app's socket writes through plain TCP (it only
     // receives through the shortcut) while the sidecars' sockets redirect what
     // they forward; every byte arrives, in order, on every connection.
-    let report = std::env::temp_dir().join(format!("{}-sink-report", lab.lab().id()));
-    let report_s = report.display().to_string();
-    let _sink = lab.spawn_app(1, &["sink", "9000", "--report", &report_s]).expect("sink");
-    axon_lab::mesh::wait_listening(lab.netns(1), "127.0.0.1:9000".parse().unwrap(), Duration::from_secs(10))
-        .expect("sink listening");
-    let sink_addr = lab.pod(1).addr(false, 9000).to_string();
-    let before = lab.status().expect("status").counters;
-    for n in 1..=2 {
-        lab.spawn_app(0, &["stream", &sink_addr, "64", "300"])
-            .expect("stream")
-            .wait_output(Duration::from_secs(30))
-            .expect("stream ran");
-        let verdicts = wait_report_lines(&report, n);
-        assert!(
-            verdicts.len() == n && verdicts.iter().all(|v| v.starts_with("ok ")),
-            "stream {n} arrived whole and in order: {verdicts:?}"
-        );
-    }
-    let _ = std::fs::remove_file(&report);
-    let after = lab.status().expect("status").counters;
+    let (before, after) = two_streams_into_sink(&lab, 9000, &[], &[]);
     assert!(
         after.app_sockets_plain >= before.app_sockets_plain + 2,
         "both streams' app sockets wrote plain TCP: {after:?}"
@@ -104,26 +86,7 @@ fn envoy_to_envoy_with_capture_and_bypass() {
     // small writes: its next connection's app socket sends through the
     // shortcut from the first byte and leaves the redirect mid-connection once
     // the writes come back to back. Every byte still arrives, in order.
-    let report2 = std::env::temp_dir().join(format!("{}-sink2-report", lab.lab().id()));
-    let report2_s = report2.display().to_string();
-    let _sink2 = lab.spawn_app(1, &["sink", "9002", "--report", &report2_s, "--answer-first", "40"]).expect("sink 2");
-    axon_lab::mesh::wait_listening(lab.netns(1), "127.0.0.1:9002".parse().unwrap(), Duration::from_secs(10))
-        .expect("sink 2 listening");
-    let sink2_addr = lab.pod(1).addr(false, 9002).to_string();
-    let before = lab.status().expect("status").counters;
-    for n in 1..=2 {
-        lab.spawn_app(0, &["stream", &sink2_addr, "64", "300", "--rpc", "40"])
-            .expect("stream")
-            .wait_output(Duration::from_secs(30))
-            .expect("request/response then stream ran");
-        let verdicts = wait_report_lines(&report2, n);
-        assert!(
-            verdicts.len() == n && verdicts.iter().all(|v| v.starts_with("ok ")),
-            "connection {n} arrived whole and in order: {verdicts:?}"
-        );
-    }
-    let _ = std::fs::remove_file(&report2);
-    let after = lab.status().expect("status").counters;
+    let (before, after) = two_streams_into_sink(&lab, 9002, &["--answer-first", "40"], &["--rpc", "40"]);
     assert!(after.app_sockets_sending > before.app_sockets_sending, "the second one sent through it: {after:?}");
     assert!(after.streams_to_stack > before.streams_to_stack, "and left the redirect mid-stream: {after:?}");
 
@@ -136,6 +99,40 @@ fn envoy_to_envoy_with_capture_and_bypass() {
     assert!(c.sockets_sending < c.sockets_bypassed, "an app socket on plain writes is only a target: {c:?}");
     assert!(c.messages_redirected > 0 && c.bytes_redirected > 26 * 2 * 100, "{c:?}");
     assert_eq!(c.sockhash_insert_failures, 0, "{c:?}");
+}
+
+/// Starts a reporting sink on pod b's `port` (plus `sink_args`), streams
+/// 64 B writes into it twice from pod a's app (plus `stream_args`) and checks
+/// that both connections arrived whole and in order. The datapath counters
+/// before and after.
+fn two_streams_into_sink(
+    lab: &MeshLab,
+    port: u16,
+    sink_args: &[&str],
+    stream_args: &[&str],
+) -> (MeshCounters, MeshCounters) {
+    let report = std::env::temp_dir().join(format!("{}-sink-{port}-report", lab.lab().id()));
+    let report_s = report.display().to_string();
+    let port_s = port.to_string();
+    let mut args = vec!["sink", &port_s, "--report", &report_s];
+    args.extend_from_slice(sink_args);
+    let _sink = lab.spawn_app(1, &args).expect("sink");
+    axon_lab::mesh::wait_listening(lab.netns(1), ([127, 0, 0, 1], port).into(), Duration::from_secs(10))
+        .expect("sink listening");
+    let sink_addr = lab.pod(1).addr(false, port).to_string();
+    let before = lab.status().expect("status").counters;
+    for n in 1..=2 {
+        let mut args = vec!["stream", &sink_addr, "64", "300"];
+        args.extend_from_slice(stream_args);
+        lab.spawn_app(0, &args).expect("stream").wait_output(Duration::from_secs(30)).expect("stream ran");
+        let verdicts = wait_report_lines(&report, n);
+        assert!(
+            verdicts.len() == n && verdicts.iter().all(|v| v.starts_with("ok ")),
+            "connection {n} to :{port} arrived whole and in order: {verdicts:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&report);
+    (before, lab.status().expect("status").counters)
 }
 
 /// The sink's report lines once it has `n` (or after 10 s), without the

@@ -4,6 +4,7 @@
 //! unused identities are garbage-collected after the grace period while used ones stay.
 
 use axon_lab::bins::binary;
+use axon_lab::check::wait_for;
 use axon_lab::kube::KubeCluster;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -115,18 +116,6 @@ impl Drop for Operator {
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
-}
-
-/// Polls `f` every 200 ms until it returns Some or `limit` passes.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn lease_holder(kube: &KubeCluster) -> Option<String> {

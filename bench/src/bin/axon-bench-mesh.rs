@@ -5,6 +5,8 @@
 //! streaming sweep of write sizes. Results go to the terminal and between
 //! this bench's markers in docs/benchmarks.md.
 
+#[path = "../docs_section.rs"]
+mod docs_section;
 #[path = "../mesh/mod.rs"]
 mod mesh;
 
@@ -69,23 +71,19 @@ fn main() -> anyhow::Result<()> {
     let section = mesh::report(&results, &command, &opts);
     println!("{section}");
     if cli.docs.as_os_str() != "-" && !cli.streams_only && cli.only.is_empty() {
-        write_section(&cli.docs, &section).with_context(|| format!("writing {}", cli.docs.display()))?;
+        let block = format!("{START}\n{section}{END}");
+        docs_section::replace_section(
+            &cli.docs,
+            START,
+            END,
+            &block,
+            "## Mesh acceleration: measured (`axon-bench-mesh`)",
+        )
+        .with_context(|| format!("writing {}", cli.docs.display()))?;
     }
     Ok(())
 }
 
 fn parse_scenario(name: &str) -> Result<mesh::Scenario, String> {
     mesh::Scenario::parse(name).ok_or_else(|| format!("unknown scenario {name:?}: direct, iptables, capture or bypass"))
-}
-
-/// Replaces the text between the markers, or appends a new section.
-fn write_section(path: &PathBuf, section: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let block = format!("{START}\n{section}{END}");
-    let new = match (text.find(START), text.find(END)) {
-        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
-        _ => format!("{}\n\n## Mesh acceleration: measured (`axon-bench-mesh`)\n\n{block}\n", text.trim_end()),
-    };
-    std::fs::write(path, new)?;
-    Ok(())
 }

@@ -7,6 +7,8 @@
 //! Results go to the terminal and between this bench's markers in
 //! docs/benchmarks.md.
 
+#[path = "../docs_section.rs"]
+mod docs_section;
 #[path = "../nodeport/mod.rs"]
 mod nodeport;
 

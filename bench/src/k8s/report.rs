@@ -144,5 +144,5 @@ pub fn markdown(res: &Results) -> String {
 
 pub fn write_docs(path: &Path, res: &Results) -> std::io::Result<()> {
     let heading = "## Axon vs the real kube-proxy (`axon-bench k8s`)";
-    crate::report::replace_section(path, BEGIN, END, &markdown(res), heading)
+    crate::docs_section::replace_section(path, BEGIN, END, &markdown(res), heading)
 }

@@ -312,26 +312,16 @@ pub fn markdown(info: &RunInfo, s: &[Summary]) -> String {
     out
 }
 
-/// Replaces what is between the markers in `path`; appends a section with
-/// the markers at the end when the file has none.
-pub fn write_docs(path: &Path, body: &str) -> anyhow::Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_default();
+/// Writes `body` between this benchmark's markers in `path`.
+pub fn write_docs(path: &Path, body: &str) -> std::io::Result<()> {
     let block = format!("{BEGIN}\n{body}{END}");
-    let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{block}{}", &old[..b], &old[e + END.len()..]),
-        _ => {
-            let sep = if old.is_empty() || old.ends_with("\n\n") {
-                ""
-            } else if old.ends_with('\n') {
-                "\n"
-            } else {
-                "\n\n"
-            };
-            format!("{old}{sep}## North-south: NodePort datapaths (`axon-bench-nodeport`)\n\n{block}\n")
-        }
-    };
-    std::fs::write(path, new)?;
-    Ok(())
+    crate::docs_section::replace_section(
+        path,
+        BEGIN,
+        END,
+        &block,
+        "## North-south: NodePort datapaths (`axon-bench-nodeport`)",
+    )
 }
 
 #[cfg(test)]
